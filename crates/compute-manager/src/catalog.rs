@@ -1,0 +1,570 @@
+//! The catalog: tenants, endpoints, roles, autosuspend policies and boot history.
+//!
+//! Stored in one SQLite file (`<data_dir>/catalog.db`) through rusqlite with SQLite bundled,
+//! so every host gets the same engine. WAL journal with `synchronous=FULL`: a change is on disk
+//! when the call returns, and a crash at any moment leaves either the old or the new state.
+//! Each mutation is one statement or one transaction, so nothing is ever half-created.
+//!
+//! Roles are stored only as SCRAM-SHA-256 verifiers ([`Verifier`]), never as passwords.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lakebed_config::{AutosuspendPolicy, EndpointName, RoleName, TenantName};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::ManagerError;
+use crate::verifier::Verifier;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE tenants (
+    name        TEXT PRIMARY KEY,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE endpoints (
+    name        TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL REFERENCES tenants(name),
+    policy      TEXT NOT NULL,          -- AutosuspendPolicy as JSON
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE roles (
+    endpoint    TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    verifier    TEXT NOT NULL,          -- SCRAM-SHA-256$..., never a password
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (endpoint, name)
+);
+CREATE TABLE boots (
+    endpoint      TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
+    boot          INTEGER NOT NULL,
+    requested_at  TEXT NOT NULL,
+    cold_start_ms INTEGER,              -- wake request to accepting connections; NULL if failed
+    outcome       TEXT NOT NULL,        -- 'active' or 'failed'
+    error         TEXT,
+    PRIMARY KEY (endpoint, boot)
+);
+";
+
+/// An endpoint as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointRecord {
+    /// The endpoint's name.
+    pub name: EndpointName,
+    /// The tenant that owns it.
+    pub tenant: TenantName,
+    /// Its autosuspend policy.
+    pub policy: AutosuspendPolicy,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A role as the catalog holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleRecord {
+    /// The role's name.
+    pub name: RoleName,
+    /// Its SCRAM-SHA-256 verifier.
+    pub verifier: Verifier,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One boot of an endpoint's compute.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BootRecord {
+    /// 1 for the endpoint's first boot, then counting up.
+    pub boot: u64,
+    /// When the wake that started it was requested.
+    pub requested_at: DateTime<Utc>,
+    /// Cold start: wake request to Postgres accepting connections, in milliseconds.
+    /// `None` when the boot failed.
+    pub cold_start_ms: Option<u64>,
+    /// `"active"` or `"failed"`.
+    pub outcome: String,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The catalog handle. Cheap calls; each takes a mutex around one SQLite connection.
+pub struct Catalog {
+    conn: Mutex<Connection>,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog at `path`, with mode 0600.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Catalog`] if the file cannot be opened, is not a Lakebed catalog, or has
+    /// a newer schema than this binary knows.
+    pub fn open(path: &Path) -> Result<Self, ManagerError> {
+        let conn = Connection::open(path)?;
+        set_private(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        match version {
+            0 => {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute_batch(SCHEMA)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.commit()?;
+            }
+            SCHEMA_VERSION => {}
+            newer => {
+                return Err(ManagerError::InvalidInput(format!(
+                    "{}: catalog schema version {newer} is newer than this binary's ({SCHEMA_VERSION})",
+                    path.display()
+                )));
+            }
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (it rolls back an open
+        // transaction on drop), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the tenant if it does not exist. Returns whether it was created.
+    pub fn ensure_tenant(&self, name: &TenantName) -> Result<bool, ManagerError> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)",
+            params![name.as_str(), now()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Creates an endpoint owned by `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointExists`], [`ManagerError::TenantNotFound`].
+    pub fn create_endpoint(
+        &self,
+        name: &EndpointName,
+        tenant: &TenantName,
+        policy: &AutosuspendPolicy,
+    ) -> Result<EndpointRecord, ManagerError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let tenant_exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM tenants WHERE name = ?1)",
+            [tenant.as_str()],
+            |r| r.get(0),
+        )?;
+        if !tenant_exists {
+            return Err(ManagerError::TenantNotFound(tenant.to_string()));
+        }
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO endpoints (name, tenant, policy, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name.as_str(), tenant.as_str(), policy_json(policy), now()],
+        )?;
+        if inserted == 0 {
+            return Err(ManagerError::EndpointExists(name.to_string()));
+        }
+        tx.commit()?;
+        drop(conn);
+        self.endpoint(name)
+    }
+
+    /// Reads one endpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`].
+    pub fn endpoint(&self, name: &EndpointName) -> Result<EndpointRecord, ManagerError> {
+        self.conn()
+            .query_row(
+                "SELECT name, tenant, policy, created_at FROM endpoints WHERE name = ?1",
+                [name.as_str()],
+                endpoint_row,
+            )
+            .optional()?
+            .ok_or_else(|| ManagerError::EndpointNotFound(name.to_string()))
+    }
+
+    /// All endpoints, by name.
+    pub fn endpoints(&self) -> Result<Vec<EndpointRecord>, ManagerError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT name, tenant, policy, created_at FROM endpoints ORDER BY name")?;
+        let rows = stmt.query_map([], endpoint_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Replaces an endpoint's autosuspend policy.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`].
+    pub fn set_policy(
+        &self,
+        name: &EndpointName,
+        policy: &AutosuspendPolicy,
+    ) -> Result<EndpointRecord, ManagerError> {
+        let n = self.conn().execute(
+            "UPDATE endpoints SET policy = ?2 WHERE name = ?1",
+            params![name.as_str(), policy_json(policy)],
+        )?;
+        if n == 0 {
+            return Err(ManagerError::EndpointNotFound(name.to_string()));
+        }
+        self.endpoint(name)
+    }
+
+    /// Deletes an endpoint with its roles and boot history.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`].
+    pub fn delete_endpoint(&self, name: &EndpointName) -> Result<(), ManagerError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM endpoints WHERE name = ?1", [name.as_str()])?;
+        if n == 0 {
+            return Err(ManagerError::EndpointNotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Adds a role to an endpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`], [`ManagerError::RoleExists`].
+    pub fn create_role(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+        verifier: &Verifier,
+    ) -> Result<(), ManagerError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        ensure_endpoint(&tx, endpoint)?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO roles (endpoint, name, verifier, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![endpoint.as_str(), role.as_str(), verifier.as_str(), now()],
+        )?;
+        if n == 0 {
+            return Err(ManagerError::RoleExists {
+                endpoint: endpoint.to_string(),
+                role: role.to_string(),
+            });
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces a role's verifier (a password reset).
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`], [`ManagerError::RoleNotFound`].
+    pub fn set_role_verifier(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+        verifier: &Verifier,
+    ) -> Result<(), ManagerError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        ensure_endpoint(&tx, endpoint)?;
+        let n = tx.execute(
+            "UPDATE roles SET verifier = ?3 WHERE endpoint = ?1 AND name = ?2",
+            params![endpoint.as_str(), role.as_str(), verifier.as_str()],
+        )?;
+        if n == 0 {
+            return Err(ManagerError::RoleNotFound {
+                endpoint: endpoint.to_string(),
+                role: role.to_string(),
+            });
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The roles of an endpoint, by name.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`].
+    pub fn roles(&self, endpoint: &EndpointName) -> Result<Vec<RoleRecord>, ManagerError> {
+        let conn = self.conn();
+        ensure_endpoint(&conn, endpoint)?;
+        let mut stmt = conn.prepare(
+            "SELECT name, verifier, created_at FROM roles WHERE endpoint = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([endpoint.as_str()], |r| {
+            Ok(RoleRecord {
+                name: parse_col(r, 0)?,
+                verifier: Verifier::parse(&r.get::<_, String>(1)?)
+                    .map_err(|e| conversion_error(1, e))?,
+                created_at: time_col(r, 2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes a role from an endpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`], [`ManagerError::RoleNotFound`].
+    pub fn delete_role(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+    ) -> Result<(), ManagerError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        ensure_endpoint(&tx, endpoint)?;
+        let n = tx.execute(
+            "DELETE FROM roles WHERE endpoint = ?1 AND name = ?2",
+            params![endpoint.as_str(), role.as_str()],
+        )?;
+        if n == 0 {
+            return Err(ManagerError::RoleNotFound {
+                endpoint: endpoint.to_string(),
+                role: role.to_string(),
+            });
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Appends a boot to the endpoint's history and returns its number.
+    pub fn record_boot(
+        &self,
+        endpoint: &EndpointName,
+        requested_at: DateTime<Utc>,
+        cold_start: Option<Duration>,
+        error: Option<&str>,
+    ) -> Result<u64, ManagerError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let boot: u64 = tx.query_row(
+            "SELECT COALESCE(MAX(boot), 0) + 1 FROM boots WHERE endpoint = ?1",
+            [endpoint.as_str()],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO boots (endpoint, boot, requested_at, cold_start_ms, outcome, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                endpoint.as_str(),
+                boot,
+                requested_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                cold_start.map(|d| d.as_millis() as u64),
+                if error.is_none() { "active" } else { "failed" },
+                error,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(boot)
+    }
+
+    /// The most recent boots of an endpoint, newest first, at most `limit`.
+    pub fn boots(
+        &self,
+        endpoint: &EndpointName,
+        limit: u32,
+    ) -> Result<Vec<BootRecord>, ManagerError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT boot, requested_at, cold_start_ms, outcome, error FROM boots
+             WHERE endpoint = ?1 ORDER BY boot DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![endpoint.as_str(), limit], |r| {
+            Ok(BootRecord {
+                boot: r.get(0)?,
+                requested_at: time_col(r, 1)?,
+                cold_start_ms: r.get(2)?,
+                outcome: r.get(3)?,
+                error: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many boots (successful or not) the endpoint has had.
+    pub fn boot_count(&self, endpoint: &EndpointName) -> Result<u64, ManagerError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM boots WHERE endpoint = ?1 AND outcome = 'active'",
+            [endpoint.as_str()],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+fn ensure_endpoint(conn: &Connection, endpoint: &EndpointName) -> Result<(), ManagerError> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM endpoints WHERE name = ?1)",
+        [endpoint.as_str()],
+        |r| r.get(0),
+    )?;
+    if exists {
+        Ok(())
+    } else {
+        Err(ManagerError::EndpointNotFound(endpoint.to_string()))
+    }
+}
+
+fn endpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRecord> {
+    let policy: String = r.get(2)?;
+    Ok(EndpointRecord {
+        name: parse_col(r, 0)?,
+        tenant: parse_col(r, 1)?,
+        policy: serde_json::from_str(&policy).map_err(|e| conversion_error(2, e))?,
+        created_at: time_col(r, 3)?,
+    })
+}
+
+fn parse_col<T>(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    r.get::<_, String>(idx)?
+        .parse()
+        .map_err(|e| conversion_error(idx, e))
+}
+
+fn time_col(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let text: String = r.get(idx)?;
+    DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| conversion_error(idx, e))
+}
+
+fn conversion_error(
+    idx: usize,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn policy_json(policy: &AutosuspendPolicy) -> String {
+    serde_json::to_string(policy).expect("a policy always serializes")
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn set_private(path: &Path) -> Result<(), ManagerError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(ManagerError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use lakebed_config::SuspendTimeout;
+
+    fn names() -> (TenantName, EndpointName, RoleName) {
+        (
+            "default".parse().unwrap(),
+            "main".parse().unwrap(),
+            "app".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn endpoints_roles_and_boots_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let (t, e, r) = names();
+        let policy = AutosuspendPolicy {
+            suspend_timeout: SuspendTimeout::After(Duration::from_secs(7)),
+            keep_warm: vec!["Mon-Fri 08:00-18:00 Europe/Berlin".parse().unwrap()],
+        };
+        let v = Verifier::from_password("pw");
+        {
+            let c = Catalog::open(&path).unwrap();
+            assert!(c.ensure_tenant(&t).unwrap());
+            assert!(!c.ensure_tenant(&t).unwrap());
+            c.create_endpoint(&e, &t, &policy).unwrap();
+            c.create_role(&e, &r, &v).unwrap();
+            assert_eq!(
+                c.record_boot(&e, Utc::now(), Some(Duration::from_millis(812)), None)
+                    .unwrap(),
+                1
+            );
+            assert_eq!(
+                c.record_boot(&e, Utc::now(), None, Some("boom")).unwrap(),
+                2
+            );
+        }
+        let c = Catalog::open(&path).unwrap();
+        let ep = c.endpoint(&e).unwrap();
+        assert_eq!(ep.policy, policy);
+        assert_eq!(ep.tenant, t);
+        let roles = c.roles(&e).unwrap();
+        assert_eq!(roles.len(), 1);
+        assert_eq!(roles[0].verifier, v);
+        let boots = c.boots(&e, 10).unwrap();
+        assert_eq!(boots[0].outcome, "failed");
+        assert_eq!(boots[1].cold_start_ms, Some(812));
+        assert_eq!(c.boot_count(&e).unwrap(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn duplicates_and_unknowns_are_errors_that_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let (t, e, r) = names();
+        let policy = AutosuspendPolicy::default();
+        assert!(matches!(
+            c.create_endpoint(&e, &t, &policy),
+            Err(ManagerError::TenantNotFound(_))
+        ));
+        assert!(c.endpoints().unwrap().is_empty());
+        c.ensure_tenant(&t).unwrap();
+        c.create_endpoint(&e, &t, &policy).unwrap();
+        assert!(matches!(
+            c.create_endpoint(&e, &t, &policy),
+            Err(ManagerError::EndpointExists(_))
+        ));
+        let v = Verifier::from_password("x");
+        c.create_role(&e, &r, &v).unwrap();
+        assert!(matches!(
+            c.create_role(&e, &r, &v),
+            Err(ManagerError::RoleExists { .. })
+        ));
+        let other: EndpointName = "other".parse().unwrap();
+        assert!(matches!(
+            c.roles(&other),
+            Err(ManagerError::EndpointNotFound(_))
+        ));
+        assert!(matches!(
+            c.delete_role(&e, &"nobody".parse().unwrap()),
+            Err(ManagerError::RoleNotFound { .. })
+        ));
+        c.delete_endpoint(&e).unwrap();
+        assert!(matches!(
+            c.endpoint(&e),
+            Err(ManagerError::EndpointNotFound(_))
+        ));
+        // The cascade removed the role, so a new endpoint of that name starts clean.
+        c.create_endpoint(&e, &t, &policy).unwrap();
+        assert!(c.roles(&e).unwrap().is_empty());
+    }
+}

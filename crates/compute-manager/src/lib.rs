@@ -1,0 +1,33 @@
+//! The Lakebed compute manager: the control plane.
+//!
+//! It owns the catalog (tenants, endpoints, roles, autosuspend policies, boot history), turns
+//! an endpoint into a running PostgreSQL server when asked to ([`Manager::wake`]), and back into
+//! nothing when the endpoint's autosuspend policy says so ([`activity`]). It serves an HTTP API
+//! ([`api`]) that the `lakebed` CLI and, later, the proxy call.
+//!
+//! The story, one module each:
+//! - [`catalog`]: durable state in SQLite (rusqlite, bundled: a well-kept engine, crash-safe
+//!   in WAL mode with `synchronous=FULL`, no server to run).
+//! - [`verifier`]: SCRAM-SHA-256 verifiers; the catalog never holds a password.
+//! - [`postgres`]: finding Debian's PostgreSQL binaries, initdb, the files we own in PGDATA,
+//!   starting and stopping one postmaster as an unprivileged OS user.
+//! - [`compute`]: the state a compute is in, as a type, and what a client may see of it.
+//! - [`manager`]: wake and suspend, serialised per endpoint so concurrent wakes share one start.
+//! - [`activity`]: the autosuspend monitor that polls `pg_stat_activity`.
+//! - [`reconcile`]: what a restarted manager does with computes a crashed one left behind.
+//! - [`api`]: the axum HTTP API with bearer-token auth and JSON errors.
+//!
+//! Dependencies point one way: this crate uses `lakebed-config` and nothing else of Lakebed.
+
+pub mod activity;
+pub mod api;
+pub mod catalog;
+pub mod compute;
+mod error;
+pub mod manager;
+pub mod postgres;
+pub mod reconcile;
+pub mod verifier;
+
+pub use error::{ErrorCode, ManagerError};
+pub use manager::{Manager, ManagerOptions, WakeOutcome};

@@ -1,0 +1,774 @@
+//! Wake and suspend: the life of each endpoint's compute.
+//!
+//! Each endpoint has a [`Slot`]: an async mutex around its [`Lifecycle`] (down, or up with a
+//! running postmaster) and a `watch` channel carrying the [`ComputeStatus`] readers see.
+//! Every transition (start, stop, crash handling) happens while holding the mutex, so:
+//! - concurrent wakes of one endpoint share one start: the first starts, the rest wait on
+//!   the mutex and then find the compute active;
+//! - a wake that arrives while the compute is being suspended waits for the suspend to end
+//!   and then starts it again: it is held and served, not refused;
+//! - starts and stops run in spawned tasks, so a caller that goes away (an HTTP client
+//!   hanging up) never leaves a half-started or half-stopped compute behind.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use lakebed_config::{
+    AutosuspendPolicy, ComputeConfig, Config, EndpointName, PortRange, RoleName, TenantName,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::ManagerError;
+use crate::catalog::{BootRecord, Catalog, EndpointRecord};
+use crate::compute::{ComputeState, ComputeStatus, Decision, Failure};
+use crate::postgres::sql::{self, Activity, QUERY_TIMEOUT};
+use crate::postgres::{EndpointDir, OsUser, PgInstall, Postmaster, StartError};
+use crate::reconcile;
+use crate::verifier::{Verifier, generate_password};
+
+/// How many times a start retries with another port when Postgres loses a bind race.
+const PORT_ATTEMPTS: usize = 3;
+
+/// What the manager needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// Lakebed's data directory; made absolute by [`Manager::open`].
+    pub data_dir: PathBuf,
+    /// How computes are run.
+    pub compute: ComputeConfig,
+    /// How often the autosuspend monitor polls each active compute.
+    pub activity_poll_interval: Duration,
+}
+
+impl ManagerOptions {
+    /// Takes the manager's part of a loaded [`Config`].
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            data_dir: config.data_dir.clone(),
+            compute: config.compute.clone(),
+            activity_poll_interval: config.manager.activity_poll_interval.get(),
+        }
+    }
+}
+
+/// The answer to a wake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WakeOutcome {
+    /// Where Postgres accepts connections (loopback TCP).
+    pub address: SocketAddr,
+    /// The postmaster's pid.
+    pub pid: u32,
+    /// Cold start of this boot in milliseconds, when this wake started the compute;
+    /// `None` when it was already running.
+    pub cold_start_ms: Option<u64>,
+}
+
+/// An endpoint as the API shows it: catalog record, compute status and boot history.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointView {
+    /// The catalog record.
+    #[serde(flatten)]
+    pub record: EndpointRecord,
+    /// The compute's status.
+    pub compute: ComputeStatus,
+    /// Successful boots so far.
+    pub boots: u64,
+    /// Cold start of the last successful boot, in milliseconds.
+    pub last_cold_start_ms: Option<u64>,
+    /// The last few boots, newest first.
+    pub recent_boots: Vec<BootRecord>,
+}
+
+/// A role as the API shows it. The verifier is never shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleView {
+    /// Role name.
+    pub name: RoleName,
+    /// When it was created.
+    pub created_at: chrono::DateTime<Utc>,
+}
+
+/// A running compute, owned by its slot's lifecycle lock.
+pub(crate) struct Running {
+    pub(crate) postmaster: Postmaster,
+    /// The system role's connection, for monitoring; reopened if it breaks.
+    pub(crate) client: Option<Client>,
+    /// The last time the monitor saw activity (or the boot finished).
+    pub(crate) last_activity: Instant,
+}
+
+/// Whether an endpoint's compute runs.
+#[allow(clippy::large_enum_variant)] // one per endpoint, never moved in bulk
+pub(crate) enum Lifecycle {
+    Down,
+    Up(Running),
+}
+
+/// One endpoint's lifecycle lock and published status.
+pub(crate) struct Slot {
+    pub(crate) life: tokio::sync::Mutex<Lifecycle>,
+    status: watch::Sender<ComputeStatus>,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            life: tokio::sync::Mutex::new(Lifecycle::Down),
+            status: watch::Sender::new(ComputeStatus::suspended()),
+        }
+    }
+
+    /// Publishes a new state, keeping the monitor's view.
+    fn publish(&self, state: ComputeState, pm: Option<&Postmaster>, failure: Option<Failure>) {
+        self.status.send_modify(|s| {
+            if !s.state.can_become(state) && s.state != state {
+                tracing::warn!(from = ?s.state, to = ?state, "unexpected compute state transition");
+            }
+            s.state = state;
+            s.since = Utc::now();
+            s.address = pm
+                .filter(|_| state == ComputeState::Active)
+                .map(Postmaster::address);
+            s.pid = pm.map(Postmaster::pid);
+            s.failure = failure;
+        });
+    }
+
+    pub(crate) fn record_decision(&self, decision: Decision) {
+        self.status.send_modify(|s| {
+            s.autosuspend.checks += 1;
+            s.autosuspend.last = Some(decision);
+        });
+    }
+}
+
+/// Why a compute is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// An operator asked (`lakebed endpoint suspend`): stop even if busy.
+    Requested,
+    /// The autosuspend policy: stop only if the re-check right before stopping finds it idle.
+    Idle,
+    /// The manager is shutting down.
+    Shutdown,
+    /// The endpoint is being deleted.
+    Deleted,
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StopOutcome {
+    NotRunning,
+    Stopped,
+    /// The idle re-check found activity; the compute keeps running.
+    Aborted(Activity),
+}
+
+/// The compute manager. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    opts: ManagerOptions,
+    catalog: Catalog,
+    install: PgInstall,
+    user: OsUser,
+    manager_os_user: String,
+    slots: Mutex<HashMap<EndpointName, Arc<Slot>>>,
+    closing: CancellationToken,
+}
+
+impl Manager {
+    /// Opens the manager on `opts.data_dir`: finds PostgreSQL, resolves the compute OS user,
+    /// opens the catalog, and reconciles computes a previous (crashed) manager left behind.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::PostgresNotFound`], [`ManagerError::NoSuchOsUser`], catalog and I/O
+    /// errors, and [`ManagerError::InvalidInput`] when the compute user cannot reach the
+    /// data directory.
+    pub async fn open(mut opts: ManagerOptions) -> Result<Self, ManagerError> {
+        let install = PgInstall::find(opts.compute.pg_bin_dir.as_deref())?;
+        let user = OsUser::for_computes(&opts.compute.os_user)?;
+        let manager_os_user = OsUser::current_name()?;
+        opts.data_dir = prepare_data_dir(&opts.data_dir, &user)?;
+        let catalog = Catalog::open(&opts.data_dir.join("catalog.db"))?;
+        reconcile::reconcile(&opts.data_dir, &catalog, opts.compute.stop_timeout.get()).await?;
+        tracing::info!(
+            data_dir = %opts.data_dir.display(),
+            postgres = %install.bin_dir.display(),
+            compute_user = %user.name,
+            "compute manager ready"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                opts,
+                catalog,
+                install,
+                user,
+                manager_os_user,
+                slots: Mutex::new(HashMap::new()),
+                closing: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// The absolute data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.opts.data_dir
+    }
+
+    /// How often the monitor polls.
+    pub fn poll_interval(&self) -> Duration {
+        self.inner.opts.activity_poll_interval
+    }
+
+    /// Cancelled when [`Manager::shutdown`] begins.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.inner.closing
+    }
+
+    fn slot(&self, name: &EndpointName) -> Arc<Slot> {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(Slot::new()))
+            .clone()
+    }
+
+    pub(crate) fn slots(&self) -> Vec<(EndpointName, Arc<Slot>)> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Creates an endpoint in the catalog. Nothing is written to disk until its first wake.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointExists`], [`ManagerError::TenantNotFound`].
+    pub fn create_endpoint(
+        &self,
+        name: &EndpointName,
+        tenant: &TenantName,
+        policy: &AutosuspendPolicy,
+    ) -> Result<EndpointRecord, ManagerError> {
+        let record = self.inner.catalog.create_endpoint(name, tenant, policy)?;
+        tracing::info!(endpoint = %name, %tenant, "endpoint created");
+        Ok(record)
+    }
+
+    /// Sets an endpoint's autosuspend policy; the monitor applies it at its next check.
+    pub fn set_policy(
+        &self,
+        name: &EndpointName,
+        policy: &AutosuspendPolicy,
+    ) -> Result<EndpointRecord, ManagerError> {
+        self.inner.catalog.set_policy(name, policy)
+    }
+
+    /// Stops the endpoint's compute if it runs, then deletes the endpoint from the catalog and
+    /// its files from disk.
+    pub async fn delete_endpoint(&self, name: &EndpointName) -> Result<(), ManagerError> {
+        self.inner.catalog.endpoint(name)?;
+        let slot = self.slot(name);
+        let this = self.clone();
+        let name = name.clone();
+        spawn_owned(async move {
+            let mut life = slot.life.lock().await;
+            this.stop_locked(&name, &slot, &mut life, StopReason::Deleted)
+                .await;
+            this.inner.catalog.delete_endpoint(&name)?;
+            let dir = EndpointDir::new(this.data_dir(), &name);
+            crate::postgres::remove_dir_if_exists(dir.root())?;
+            this.inner
+                .slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            tracing::info!(endpoint = %name, "endpoint deleted");
+            Ok(())
+        })
+        .await
+    }
+
+    /// The endpoint with its compute status and boot history.
+    pub fn show(&self, name: &EndpointName) -> Result<EndpointView, ManagerError> {
+        let record = self.inner.catalog.endpoint(name)?;
+        let recent_boots = self.inner.catalog.boots(name, 5)?;
+        Ok(EndpointView {
+            compute: self.status(name),
+            boots: self.inner.catalog.boot_count(name)?,
+            last_cold_start_ms: recent_boots.iter().find_map(|b| b.cold_start_ms),
+            recent_boots,
+            record,
+        })
+    }
+
+    /// Every endpoint, by name.
+    pub fn list(&self) -> Result<Vec<EndpointView>, ManagerError> {
+        self.inner
+            .catalog
+            .endpoints()?
+            .iter()
+            .map(|e| self.show(&e.name))
+            .collect()
+    }
+
+    /// The compute status of an endpoint (suspended if it has never been woken).
+    pub fn status(&self, name: &EndpointName) -> ComputeStatus {
+        self.slot(name).status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change of the endpoint's compute.
+    pub fn subscribe(&self, name: &EndpointName) -> watch::Receiver<ComputeStatus> {
+        self.slot(name).status.subscribe()
+    }
+
+    /// Adds a role to an endpoint with `verifier`, or with a generated password when `None`
+    /// (returned, to be shown once). Applied at once if the compute runs, else at next boot.
+    pub async fn create_role(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+        verifier: Option<Verifier>,
+    ) -> Result<Option<String>, ManagerError> {
+        let (verifier, password) = with_password(verifier);
+        self.inner.catalog.create_role(endpoint, role, &verifier)?;
+        self.sync_roles_if_running(endpoint).await;
+        Ok(password)
+    }
+
+    /// Replaces a role's verifier (or generates a new password, returned once).
+    pub async fn set_role_password(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+        verifier: Option<Verifier>,
+    ) -> Result<Option<String>, ManagerError> {
+        let (verifier, password) = with_password(verifier);
+        self.inner
+            .catalog
+            .set_role_verifier(endpoint, role, &verifier)?;
+        self.sync_roles_if_running(endpoint).await;
+        Ok(password)
+    }
+
+    /// The roles of an endpoint.
+    pub fn roles(&self, endpoint: &EndpointName) -> Result<Vec<RoleView>, ManagerError> {
+        Ok(self
+            .inner
+            .catalog
+            .roles(endpoint)?
+            .into_iter()
+            .map(|r| RoleView {
+                name: r.name,
+                created_at: r.created_at,
+            })
+            .collect())
+    }
+
+    /// Deletes a role from an endpoint (and from its running compute).
+    pub async fn delete_role(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+    ) -> Result<(), ManagerError> {
+        self.inner.catalog.delete_role(endpoint, role)?;
+        self.sync_roles_if_running(endpoint).await;
+        Ok(())
+    }
+
+    async fn sync_roles_if_running(&self, endpoint: &EndpointName) {
+        let slot = self.slot(endpoint);
+        let life = slot.life.lock().await;
+        if let Lifecycle::Up(Running {
+            client: Some(client),
+            ..
+        }) = &*life
+        {
+            let result = match self.inner.catalog.roles(endpoint) {
+                Ok(roles) => sql::sync_roles(client, &roles)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(error) = result {
+                tracing::warn!(%endpoint, %error, "roles not applied to the running compute; they will be at next boot");
+            }
+        }
+    }
+
+    /// Ensures the endpoint's compute runs and returns its address.
+    ///
+    /// Returns at once if it is active. Otherwise starts it (initdb on first boot, postmaster,
+    /// roles) and returns when Postgres accepts connections. Concurrent calls share one start;
+    /// a call during a suspend waits for it and starts the compute again.
+    ///
+    /// # Errors
+    ///
+    /// - [`ManagerError::EndpointNotFound`]: not in the catalog.
+    /// - [`ManagerError::StartFailed`]: Postgres did not come up; the log tail is attached.
+    /// - [`ManagerError::NoFreePort`]: no port in `compute.port_range`.
+    /// - [`ManagerError::ShuttingDown`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the start runs in its own task and completes even if this future is
+    /// dropped; later callers find the compute active.
+    pub async fn wake(&self, name: &EndpointName) -> Result<WakeOutcome, ManagerError> {
+        let requested = Instant::now();
+        if self.inner.closing.is_cancelled() {
+            return Err(ManagerError::ShuttingDown);
+        }
+        self.inner.catalog.endpoint(name)?;
+        let slot = self.slot(name);
+        let this = self.clone();
+        let name = name.clone();
+        spawn_owned(async move { this.wake_locked(&name, &slot, requested).await }).await
+    }
+
+    async fn wake_locked(
+        &self,
+        name: &EndpointName,
+        slot: &Slot,
+        requested: Instant,
+    ) -> Result<WakeOutcome, ManagerError> {
+        let requested_at = Utc::now() - (Instant::now() - requested);
+        let mut life = slot.life.lock().await;
+        if self.inner.closing.is_cancelled() {
+            return Err(ManagerError::ShuttingDown);
+        }
+        if let Lifecycle::Up(run) = &mut *life {
+            match run.postmaster.try_exited() {
+                None => {
+                    return Ok(WakeOutcome {
+                        address: run.postmaster.address(),
+                        pid: run.postmaster.pid(),
+                        cold_start_ms: None,
+                    });
+                }
+                Some(status) => self.crashed(name, slot, &mut life, status),
+            }
+        }
+        // The endpoint may have been deleted while this call waited for the lock.
+        let endpoint = self.inner.catalog.endpoint(name)?;
+        slot.publish(ComputeState::Starting, None, None);
+        match self.boot(&endpoint, slot).await {
+            Ok(run) => {
+                let cold_start = requested.elapsed();
+                self.inner
+                    .catalog
+                    .record_boot(name, requested_at, Some(cold_start), None)?;
+                slot.publish(ComputeState::Active, Some(&run.postmaster), None);
+                tracing::info!(endpoint = %name, pid = run.postmaster.pid(),
+                    address = %run.postmaster.address(), cold_start_ms = cold_start.as_millis() as u64,
+                    "compute active");
+                let outcome = WakeOutcome {
+                    address: run.postmaster.address(),
+                    pid: run.postmaster.pid(),
+                    cold_start_ms: Some(cold_start.as_millis() as u64),
+                };
+                *life = Lifecycle::Up(run);
+                Ok(outcome)
+            }
+            Err(e) => {
+                let (reason, log_tail) = match &e {
+                    ManagerError::StartFailed {
+                        reason, log_tail, ..
+                    } => (reason.clone(), log_tail.clone()),
+                    other => (other.to_string(), String::new()),
+                };
+                tracing::warn!(endpoint = %name, %reason, "compute failed to start");
+                let _ = self
+                    .inner
+                    .catalog
+                    .record_boot(name, requested_at, None, Some(&reason));
+                slot.publish(
+                    ComputeState::Failed,
+                    None,
+                    Some(Failure { reason, log_tail }),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a compute for `endpoint`. On error nothing keeps running.
+    async fn boot(&self, endpoint: &EndpointRecord, slot: &Slot) -> Result<Running, ManagerError> {
+        let inner = &self.inner;
+        let dir = EndpointDir::new(&inner.opts.data_dir, &endpoint.name);
+        dir.create()?;
+        if !dir.is_initialized() {
+            dir.initdb(&inner.install, &inner.user, &endpoint.name)
+                .await?;
+        }
+        dir.write_access_rules(&inner.user, &inner.manager_os_user)?;
+        let grace = inner.opts.compute.stop_timeout.get();
+        let mut tried = Vec::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = self.pick_port(&tried)?;
+            tried.push(port);
+            dir.fresh_private_dir(&dir.run_dir(), &inner.user)?;
+            let cluster = format!("lakebed/{}", endpoint.name);
+            let mut pm = Postmaster::spawn(&inner.install, &inner.user, &dir, &cluster, port)
+                .map_err(ManagerError::io(inner.install.bin("postgres")))?;
+            slot.publish(ComputeState::Starting, Some(&pm), None);
+            match pm.wait_ready(inner.opts.compute.start_timeout.get()).await {
+                Ok(client) => match self.prepare(&client, endpoint).await {
+                    Ok(()) => {
+                        return Ok(Running {
+                            postmaster: pm,
+                            client: Some(client),
+                            last_activity: Instant::now(),
+                        });
+                    }
+                    Err(e) => {
+                        drop(client);
+                        pm.stop(grace).await;
+                        let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
+                        return Err(e);
+                    }
+                },
+                Err(StartError::PortTaken) => {
+                    pm.stop(grace).await;
+                    tracing::info!(endpoint = %endpoint.name, port, "port taken while starting; trying another");
+                }
+                Err(StartError::Failed { reason, log_tail }) => {
+                    pm.stop(grace).await;
+                    let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
+                    return Err(ManagerError::StartFailed {
+                        endpoint: endpoint.name.to_string(),
+                        reason,
+                        log_tail,
+                    });
+                }
+            }
+        }
+        Err(ManagerError::NoFreePort {
+            range: port_range_text(&inner.opts.compute.port_range),
+        })
+    }
+
+    /// Per-boot setup over the system connection: group role, grants, catalog roles.
+    async fn prepare(
+        &self,
+        client: &Client,
+        endpoint: &EndpointRecord,
+    ) -> Result<(), ManagerError> {
+        let sql_err = |source| ManagerError::ComputeSql {
+            endpoint: endpoint.name.to_string(),
+            source,
+        };
+        sql::bootstrap(client).await.map_err(sql_err)?;
+        let roles = self.inner.catalog.roles(&endpoint.name)?;
+        sql::sync_roles(client, &roles).await.map_err(sql_err)
+    }
+
+    /// A free loopback port: any (`auto`) or the first free one in the configured range,
+    /// skipping `tried`.
+    fn pick_port(&self, tried: &[u16]) -> Result<u16, ManagerError> {
+        let range = &self.inner.opts.compute.port_range;
+        let free = |port: u16| {
+            TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .ok()
+        };
+        let found = match *range {
+            PortRange::Auto => free(0),
+            PortRange::Range { low, high } => {
+                (low..=high).filter(|p| !tried.contains(p)).find_map(free)
+            }
+        };
+        found.ok_or_else(|| ManagerError::NoFreePort {
+            range: port_range_text(range),
+        })
+    }
+
+    /// Records that the postmaster exited on its own, and clears the slot.
+    pub(crate) fn crashed(
+        &self,
+        name: &EndpointName,
+        slot: &Slot,
+        life: &mut Lifecycle,
+        status: std::process::ExitStatus,
+    ) {
+        let Lifecycle::Up(run) = std::mem::replace(life, Lifecycle::Down) else {
+            return;
+        };
+        let log_tail = run.postmaster.log_tail();
+        let reason = format!("postgres exited unexpectedly with {status}");
+        tracing::warn!(endpoint = %name, %reason, "compute crashed");
+        let dir = EndpointDir::new(self.data_dir(), name);
+        let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
+        slot.publish(
+            ComputeState::Failed,
+            None,
+            Some(Failure { reason, log_tail }),
+        );
+    }
+
+    /// Suspends the endpoint's compute now, even if clients are connected (their sessions
+    /// end, as with `pg_ctl stop -m fast`). Returns the resulting state.
+    pub async fn suspend(&self, name: &EndpointName) -> Result<ComputeState, ManagerError> {
+        self.inner.catalog.endpoint(name)?;
+        let slot = self.slot(name);
+        let this = self.clone();
+        let name = name.clone();
+        spawn_owned(async move {
+            let mut life = slot.life.lock().await;
+            this.stop_locked(&name, &slot, &mut life, StopReason::Requested)
+                .await;
+            Ok(slot.status.borrow().state)
+        })
+        .await
+    }
+
+    /// Stops the compute held in `life`: CHECKPOINT, (for [`StopReason::Idle`]) a re-check
+    /// that it is still idle, fast shutdown, confirm the process is gone, clean up.
+    pub(crate) async fn stop_locked(
+        &self,
+        name: &EndpointName,
+        slot: &Slot,
+        life: &mut Lifecycle,
+        reason: StopReason,
+    ) -> StopOutcome {
+        let Lifecycle::Up(run) = life else {
+            return StopOutcome::NotRunning;
+        };
+        if let Some(status) = run.postmaster.try_exited() {
+            self.crashed(name, slot, life, status);
+            return StopOutcome::NotRunning;
+        }
+        if let Some(client) = &run.client {
+            if let Err(e) = timeout(QUERY_TIMEOUT, sql::checkpoint(client)).await {
+                tracing::debug!(endpoint = %name, error = %e, "checkpoint before shutdown timed out");
+            }
+            if reason == StopReason::Idle {
+                // Re-check right before stopping: a query that arrived while we decided is
+                // not killed. Anything but a clean "idle" keeps the compute up.
+                match timeout(QUERY_TIMEOUT, sql::activity(client)).await {
+                    Ok(Ok(a)) if !a.blocks_suspend() => {}
+                    Ok(Ok(a)) => {
+                        run.last_activity = Instant::now();
+                        return StopOutcome::Aborted(a);
+                    }
+                    _ => return StopOutcome::Aborted(Activity::default()),
+                }
+            }
+        }
+        let Lifecycle::Up(mut run) = std::mem::replace(life, Lifecycle::Down) else {
+            return StopOutcome::NotRunning;
+        };
+        slot.publish(ComputeState::Suspending, Some(&run.postmaster), None);
+        drop(run.client.take());
+        let status = run
+            .postmaster
+            .stop(self.inner.opts.compute.stop_timeout.get())
+            .await;
+        let dir = EndpointDir::new(self.data_dir(), name);
+        let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
+        slot.publish(ComputeState::Suspended, None, None);
+        tracing::info!(endpoint = %name, ?reason, %status, "compute suspended");
+        StopOutcome::Stopped
+    }
+
+    /// Stops taking work and suspends every compute. Returns when no postmaster is left.
+    pub async fn shutdown(&self) {
+        self.inner.closing.cancel();
+        let mut stops = tokio::task::JoinSet::new();
+        for (name, slot) in self.slots() {
+            let this = self.clone();
+            stops.spawn(async move {
+                let mut life = slot.life.lock().await;
+                this.stop_locked(&name, &slot, &mut life, StopReason::Shutdown)
+                    .await;
+            });
+        }
+        while stops.join_next().await.is_some() {}
+        tracing::info!("compute manager stopped; no compute left running");
+    }
+}
+
+/// Runs `fut` in its own task, so that it completes even if the caller is dropped.
+async fn spawn_owned<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T, ManagerError>> + Send + 'static,
+) -> Result<T, ManagerError> {
+    tokio::spawn(fut).await.unwrap_or_else(|e| {
+        Err(ManagerError::InvalidInput(format!(
+            "internal task failed: {e}"
+        )))
+    })
+}
+
+fn with_password(verifier: Option<Verifier>) -> (Verifier, Option<String>) {
+    match verifier {
+        Some(v) => (v, None),
+        None => {
+            let password = generate_password();
+            (Verifier::from_password(&password), Some(password))
+        }
+    }
+}
+
+fn port_range_text(range: &PortRange) -> String {
+    match range {
+        PortRange::Auto => "auto".into(),
+        PortRange::Range { low, high } => format!("{low}-{high}"),
+    }
+}
+
+/// Creates the data directory (0711: the compute user may pass through, not list) and makes
+/// sure the compute user can reach it. Returns its absolute path.
+fn prepare_data_dir(data_dir: &Path, user: &OsUser) -> Result<PathBuf, ManagerError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(data_dir)
+        .map_err(ManagerError::io(data_dir))?;
+    let abs = data_dir
+        .canonicalize()
+        .map_err(ManagerError::io(data_dir))?;
+    for dir in [abs.clone(), EndpointDir::parent(&abs)] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&dir)
+            .map_err(ManagerError::io(&dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(ManagerError::io(&dir))?;
+    }
+    if user.uid != nix::unistd::geteuid() {
+        for ancestor in abs.ancestors().skip(1) {
+            let meta = std::fs::metadata(ancestor).map_err(ManagerError::io(ancestor))?;
+            if meta.permissions().mode() & 0o001 == 0 {
+                return Err(ManagerError::InvalidInput(format!(
+                    "the compute user \"{}\" cannot pass through {} (mode {:o}), so computes \
+                     could not reach data dir {}; choose a --data-dir outside it, such as \
+                     /var/lib/lakebed",
+                    user.name,
+                    ancestor.display(),
+                    meta.permissions().mode() & 0o777,
+                    abs.display()
+                )));
+            }
+        }
+    }
+    Ok(abs)
+}

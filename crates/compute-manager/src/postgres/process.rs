@@ -1,0 +1,214 @@
+//! One postmaster process: start it, wait until it accepts connections, stop it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+use super::datadir::tail_lines;
+use super::{EndpointDir, OsUser, PgInstall, SYSTEM_ROLE};
+
+/// Why a postmaster did not come up.
+#[derive(Debug)]
+pub enum StartError {
+    /// Another process took the port between our probe and Postgres's bind; try another.
+    PortTaken,
+    /// It exited, or did not accept connections in time. `reason` is one line; `log_tail`
+    /// the end of its log.
+    Failed {
+        /// What happened.
+        reason: String,
+        /// The end of the Postgres log.
+        log_tail: String,
+    },
+}
+
+/// A running postmaster, child of this process.
+#[derive(Debug)]
+pub struct Postmaster {
+    child: Child,
+    pid: u32,
+    port: u16,
+    run_dir: PathBuf,
+    log_file: PathBuf,
+}
+
+impl Postmaster {
+    /// Starts `postgres` on `dir`'s PGDATA as `user`, listening on 127.0.0.1:`port` and on a
+    /// Unix socket in `dir`'s run directory, with stderr going to `dir`'s log file. Returns once
+    /// the process is spawned; call [`Self::wait_ready`] next.
+    ///
+    /// The postmaster gets its own process group, so a Ctrl-C at the terminal reaches only
+    /// Lakebed, which then shuts computes down in order.
+    pub fn spawn(
+        install: &PgInstall,
+        user: &OsUser,
+        dir: &EndpointDir,
+        cluster_name: &str,
+        port: u16,
+    ) -> std::io::Result<Self> {
+        let log_file = dir.log_file();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&log_file)?;
+        let run_dir = dir.run_dir();
+        let mut cmd = Command::new(install.bin("postgres"));
+        cmd.arg("-D")
+            .arg(dir.pgdata())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", &format!("port={port}")])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", run_dir.display()))
+            .args(["-c", "unix_socket_permissions=0700"])
+            .args(["-c", "password_encryption=scram-sha-256"])
+            .args(["-c", &format!("cluster_name={cluster_name}")])
+            .current_dir(dir.root())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false);
+        user.apply(&mut cmd);
+        let child = cmd.spawn()?;
+        let pid = child.id().unwrap_or_default();
+        Ok(Self {
+            child,
+            pid,
+            port,
+            run_dir,
+            log_file,
+        })
+    }
+
+    /// The postmaster's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Where clients reach it over TCP.
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Connection settings for the system role over the private Unix socket.
+    pub fn system_config(&self) -> tokio_postgres::Config {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(&self.run_dir)
+            .port(self.port)
+            .user(SYSTEM_ROLE)
+            .dbname("postgres")
+            .application_name("lakebed-compute-manager")
+            .connect_timeout(Duration::from_secs(5));
+        cfg
+    }
+
+    /// Connects as the system role, spawning the connection task.
+    pub async fn connect_system(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = self.system_config().connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "system connection to compute ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Waits until the postmaster accepts connections from the system role, and returns that
+    /// connection. Polls with a short backoff; returns early if the process exits.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::PortTaken`] if Postgres could not bind its port; otherwise
+    /// [`StartError::Failed`] with the log tail, if it exited or `deadline` passed.
+    pub async fn wait_ready(
+        &mut self,
+        deadline: Duration,
+    ) -> Result<tokio_postgres::Client, StartError> {
+        let give_up = Instant::now() + deadline;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            if let Some(status) = self.try_exited() {
+                let log_tail = self.log_tail();
+                if log_tail.contains("could not bind")
+                    || log_tail.contains("Address already in use")
+                {
+                    return Err(StartError::PortTaken);
+                }
+                return Err(StartError::Failed {
+                    reason: format!("postgres exited with {status} while starting"),
+                    log_tail,
+                });
+            }
+            match self.connect_system().await {
+                Ok(client) => return Ok(client),
+                Err(e) if Instant::now() >= give_up => {
+                    return Err(StartError::Failed {
+                        reason: format!(
+                            "postgres did not accept connections within {deadline:?} (last error: {e})"
+                        ),
+                        log_tail: self.log_tail(),
+                    });
+                }
+                Err(_) => {}
+            }
+            // Wait for the next try, but wake at once if the process exits meanwhile.
+            let _ = timeout(backoff, self.child.wait()).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// The exit status, if the postmaster has exited. Never blocks.
+    pub fn try_exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Stops the postmaster: fast shutdown (SIGINT: abort sessions, shutdown checkpoint), then
+    /// immediate shutdown (SIGQUIT) after `grace`, then SIGKILL after another `grace`.
+    /// Returns once the process is gone (reaped).
+    pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
+        for signal in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGKILL] {
+            if let Some(status) = self.try_exited() {
+                return status;
+            }
+            if let Err(e) = kill(Pid::from_raw(self.pid as i32), signal) {
+                tracing::debug!(pid = self.pid, %signal, error = %e, "signal not delivered");
+            }
+            if let Ok(Ok(status)) = timeout(grace, self.child.wait()).await {
+                return status;
+            }
+            tracing::warn!(pid = self.pid, %signal, "postmaster still running after {grace:?}");
+        }
+        // SIGKILL cannot be ignored; the process is gone once the kernel reaps it.
+        loop {
+            if let Ok(status) = self.child.wait().await {
+                return status;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The last lines of this boot's log.
+    pub fn log_tail(&self) -> String {
+        read_log_tail(&self.log_file)
+    }
+}
+
+/// The last 20 lines of a log file (at most its last 16 KiB), or an empty string.
+pub(crate) fn read_log_tail(path: &std::path::Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    tail_lines(&String::from_utf8_lossy(&buf), 20)
+}

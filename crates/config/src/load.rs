@@ -1,0 +1,1047 @@
+//! The configuration file, its defaults, environment overrides and error messages.
+//!
+//! Sources, later ones winning: built-in defaults, then one TOML file, then `LAKEBED_*`
+//! environment variables. figment merges them and remembers where each value came from,
+//! which is how an error can name `lakebed.toml` or `environment variable
+//! LAKEBED_COMPUTE__OS_USER` rather than just the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::duration::{FromStrVisitor, HumanDuration, SuspendTimeout};
+use crate::names::EndpointName;
+use crate::policy::{AutosuspendPolicy, KeepWarmWindow};
+
+/// The file [`Config::load`] reads from the current directory when no file is given.
+const DEFAULT_FILE: &str = "lakebed.toml";
+
+/// Prefix of the environment variables that override the file.
+const ENV_PREFIX: &str = "LAKEBED_";
+
+/// Separator between key levels in an environment variable name.
+const ENV_SEPARATOR: &str = "__";
+
+/// Top-level keys of [`Config`]. Only `LAKEBED_*` variables that start with one of these
+/// are read, so unrelated variables (say `LAKEBED_LOG`) don't fail the load as unknown keys.
+const TOP_LEVEL_KEYS: [&str; 4] = ["data_dir", "manager", "compute", "endpoints"];
+
+/// Source name for checks on values that no provider can be blamed for.
+const GENERIC_SOURCE: &str = "configuration";
+
+/// Smallest allowed [`ManagerConfig::activity_poll_interval`].
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why the configuration could not be loaded.
+///
+/// `Display` and `std::error::Error` are written by hand rather than derived with
+/// `thiserror`, which would treat the `source: String` field as the underlying error.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// A value is missing, of the wrong type, out of range, or not a known key; or the
+    /// TOML file is not valid TOML.
+    ///
+    /// Displayed as `{source}: {key}: {reason}`, for example
+    /// `lakebed.toml: endpoints.main.suspend_timeout: "5 parsecs" is not a duration
+    /// (examples: 90s, 5m, 1h)` or `lakebed.toml: compute.os_usr: unknown key`.
+    Invalid {
+        /// Where the value came from: the file path as given (`lakebed.toml`),
+        /// `environment variable LAKEBED_COMPUTE__OS_USER`, or `configuration` when no
+        /// single source can be named.
+        source: String,
+        /// The dotted key, e.g. `endpoints.main.suspend_timeout`. For TOML syntax errors
+        /// this is the position instead, e.g. `line 3, column 19`.
+        key: String,
+        /// What is wrong, in words meant for the person editing the file.
+        reason: String,
+    },
+    /// The file could not be read (missing, unreadable, not UTF-8).
+    Read {
+        /// The path as given.
+        path: PathBuf,
+        /// The underlying I/O error.
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid {
+                source,
+                key,
+                reason,
+            } => write!(f, "{source}: {key}: {reason}"),
+            Self::Read { path, error } => write!(f, "{}: cannot read: {error}", path.display()),
+        }
+    }
+}
+
+/// `source()` is always `None`: the `Read` message already includes the I/O error, and
+/// reporting it again as the source would print it twice in error chains.
+impl std::error::Error for ConfigError {}
+
+/// All settings, as read from `lakebed.toml` and `LAKEBED_*` environment variables.
+///
+/// Every key has a default ([`Config::default`]), so an empty file is valid. Unknown keys
+/// are errors, so typos don't pass silently.
+///
+/// ```toml
+/// data_dir = ".lakebed"
+///
+/// [manager]
+/// listen = "127.0.0.1:6480"
+/// activity_poll_interval = "1s"
+///
+/// [compute]
+/// os_user = "postgres"
+/// port_range = "20000-20100"
+/// start_timeout = "60s"
+/// stop_timeout = "30s"
+///
+/// [endpoints.main]
+/// suspend_timeout = "10m"
+/// keep_warm = ["Mon-Fri 08:00-18:00 Europe/Berlin"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where Lakebed keeps its state (catalog, compute data directories). Relative paths
+    /// are relative to the working directory. Default `.lakebed`.
+    pub data_dir: PathBuf,
+    /// The compute manager's own settings (`[manager]`).
+    pub manager: ManagerConfig,
+    /// How computes (Postgres processes) are run (`[compute]`).
+    pub compute: ComputeConfig,
+    /// Per-endpoint settings (`[endpoints.NAME]`); keys must be valid [`EndpointName`]s.
+    /// Endpoints not listed use the default policy. Default empty.
+    pub endpoints: BTreeMap<EndpointName, EndpointConfig>,
+}
+
+impl Default for Config {
+    /// Every key at its documented default.
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".lakebed"),
+            manager: ManagerConfig::default(),
+            compute: ComputeConfig::default(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// Settings of the compute manager (`[manager]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// Address of the admin HTTP API, `ip:port`. Default `127.0.0.1:6480`. Must be a
+    /// loopback address (`127.0.0.0/8` or `::1`): the admin API has no authentication and
+    /// is loopback-only.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub listen: SocketAddr,
+    /// How often computes are asked for client activity (connection counts), which
+    /// drives autosuspend. Default `1s`; at least `50ms`.
+    pub activity_poll_interval: HumanDuration,
+}
+
+impl Default for ManagerConfig {
+    /// `127.0.0.1:6480`, polling every second.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 6480)),
+            activity_poll_interval: HumanDuration(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// How computes (Postgres server processes) are run (`[compute]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComputeConfig {
+    /// Directory holding `postgres`, `initdb` and `pg_ctl`. Default none: found
+    /// automatically (e.g. from `PATH` or `pg_config`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// The OS user computes run as when Lakebed itself runs as root (Postgres refuses to
+    /// run as root). Ignored otherwise. Default `postgres`; must not be empty.
+    pub os_user: String,
+    /// TCP ports computes may listen on. Default [`PortRange::Auto`].
+    pub port_range: PortRange,
+    /// How long a compute may take to accept connections after being started before it
+    /// is considered failed. Default `60s`; must be more than zero.
+    pub start_timeout: HumanDuration,
+    /// How long a compute gets to shut down after being asked before it is killed.
+    /// Default `30s`; must be more than zero.
+    pub stop_timeout: HumanDuration,
+}
+
+impl Default for ComputeConfig {
+    /// Binaries found automatically, user `postgres`, automatic ports, 60s / 30s timeouts.
+    fn default() -> Self {
+        Self {
+            pg_bin_dir: None,
+            os_user: "postgres".to_owned(),
+            port_range: PortRange::Auto,
+            start_timeout: HumanDuration(Duration::from_secs(60)),
+            stop_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// The TCP ports computes may use.
+///
+/// Written as `"auto"` (the OS picks a free port) or `"LOW-HIGH"`, both ends inclusive,
+/// with `1024 <= LOW <= HIGH <= 65535`, e.g. `"20000-20100"`. `Display` and serde use the
+/// same form. A malformed or out-of-range string is a deserialization error whose message
+/// quotes the input and says what is expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PortRange {
+    /// Let the operating system pick a free port.
+    #[default]
+    Auto,
+    /// Use a port from `low..=high`.
+    Range {
+        /// Lowest usable port, at least 1024.
+        low: u16,
+        /// Highest usable port, at least `low`.
+        high: u16,
+    },
+}
+
+impl PortRange {
+    /// Whether `port` may be used: always for [`PortRange::Auto`], otherwise when
+    /// `low <= port <= high`.
+    pub fn contains(self, port: u16) -> bool {
+        match self {
+            Self::Auto => true,
+            Self::Range { low, high } => (low..=high).contains(&port),
+        }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    /// Parses `auto` or `LOW-HIGH`; the error is a sentence for the user.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        let shape = || format!("{s:?} is not a port range (use \"auto\" or e.g. \"20000-20100\")");
+        let (low, high) = s.split_once('-').ok_or_else(shape)?;
+        let low: u16 = low.trim().parse().map_err(|_| shape())?;
+        let high: u16 = high.trim().parse().map_err(|_| shape())?;
+        if low < 1024 {
+            return Err(format!(
+                "{s:?} is not a usable port range: ports below 1024 are privileged"
+            ));
+        }
+        if low > high {
+            return Err(format!(
+                "{s:?} is not a usable port range: the first port must not be above the second"
+            ));
+        }
+        Ok(Self::Range { low, high })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Range { low, high } => write!(f, "{low}-{high}"),
+        }
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(FromStrVisitor::new(
+            "a port range such as \"20000-20100\", or \"auto\"",
+        ))
+    }
+}
+
+/// Reads a socket address from a string, with a message that shows the expected form.
+fn deserialize_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    /// `SocketAddr` parsing with a friendlier error than std's.
+    struct Addr(SocketAddr);
+    impl FromStr for Addr {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            s.trim()
+                .parse()
+                .map(Addr)
+                .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:6480 or [::1]:6480"))
+        }
+    }
+    d.deserialize_str(FromStrVisitor::<Addr>::new(
+        "an address such as \"127.0.0.1:6480\"",
+    ))
+    .map(|a| a.0)
+}
+
+/// Settings for one endpoint (`[endpoints.NAME]`).
+///
+/// Every key is optional; a missing key takes the [`AutosuspendPolicy`] default. Use
+/// [`EndpointConfig::policy`] to get the effective policy.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Idle time before the compute is stopped, or `"never"`. Default `5m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspend_timeout: Option<SuspendTimeout>,
+    /// Keep-warm windows, e.g. `["Mon-Fri 08:00-18:00 Europe/Berlin"]`. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_warm: Option<Vec<KeepWarmWindow>>,
+}
+
+impl EndpointConfig {
+    /// The effective autosuspend policy: the keys given here, the defaults for the rest.
+    pub fn policy(&self) -> AutosuspendPolicy {
+        let default = AutosuspendPolicy::default();
+        AutosuspendPolicy {
+            suspend_timeout: self.suspend_timeout.unwrap_or(default.suspend_timeout),
+            keep_warm: self.keep_warm.clone().unwrap_or(default.keep_warm),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then a TOML file, then environment variables.
+    ///
+    /// - `file: Some(path)`: that file is read and must exist.
+    /// - `file: None`: `lakebed.toml` in the current directory is read if it exists;
+    ///   otherwise only defaults and the environment are used.
+    ///
+    /// Then `LAKEBED_*` environment variables override the file. `__` separates key
+    /// levels and names are case-insensitive: `LAKEBED_DATA_DIR=/srv/lakebed` sets
+    /// `data_dir`, `LAKEBED_MANAGER__LISTEN=127.0.0.1:7000` sets `manager.listen`,
+    /// `LAKEBED_ENDPOINTS__MAIN__SUSPEND_TIMEOUT=never` sets
+    /// `endpoints.main.suspend_timeout`. Only variables whose first level is a top-level
+    /// key (`data_dir`, `manager`, `compute`, `endpoints`) are read.
+    ///
+    /// # Errors
+    ///
+    /// - [`ConfigError::Read`]: the given file (or an existing `lakebed.toml`) can't be read.
+    /// - [`ConfigError::Invalid`]: TOML syntax error, unknown key, wrong type or invalid
+    ///   value. `source` names the file or the exact environment variable.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let (name, text) = match file {
+            Some(path) => (path.display().to_string(), read(path)?),
+            None => match std::fs::read_to_string(DEFAULT_FILE) {
+                Ok(text) => (DEFAULT_FILE.to_owned(), text),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Self::extract(Figment::new().merge(env_provider()), GENERIC_SOURCE);
+                }
+                Err(error) => {
+                    return Err(ConfigError::Read {
+                        path: PathBuf::from(DEFAULT_FILE),
+                        error,
+                    });
+                }
+            },
+        };
+        let toml = TomlSource::parse(&name, &text)?;
+        Self::extract(Figment::new().merge(toml).merge(env_provider()), &name)
+    }
+
+    /// Builds a configuration from defaults plus the TOML document `toml`, ignoring the
+    /// environment. `source_name` is what errors call the document (e.g. a file name).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`], as for [`Config::load`], with `source_name` as source.
+    pub fn from_toml_str(source_name: &str, toml: &str) -> Result<Config, ConfigError> {
+        let toml = TomlSource::parse(source_name, toml)?;
+        Self::extract(Figment::new().merge(toml), source_name)
+    }
+
+    /// Deserializes `figment` and checks the rules serde can't express. `fallback` names
+    /// the source when the origin of a value is unknown.
+    fn extract(figment: Figment, fallback: &str) -> Result<Config, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| invalid_from_figment(&figment, e))?;
+        config.validate(&figment, fallback)?;
+        Ok(config)
+    }
+
+    /// Cross-field and range checks that run after deserialization.
+    fn validate(&self, figment: &Figment, fallback: &str) -> Result<(), ConfigError> {
+        let fail = |key: &str, reason: String| {
+            let source = figment
+                .find_metadata(key)
+                .map(|md| md.interpolate(&Profile::Default, &key.split('.').collect::<Vec<_>>()))
+                .unwrap_or_else(|| fallback.to_owned());
+            Err(ConfigError::Invalid {
+                source,
+                key: key.to_owned(),
+                reason,
+            })
+        };
+        let m = &self.manager;
+        if !m.listen.ip().is_loopback() {
+            return fail(
+                "manager.listen",
+                format!(
+                    "{} is not a loopback address: the admin API is loopback-only \
+                     (use 127.0.0.1 or [::1])",
+                    m.listen
+                ),
+            );
+        }
+        if m.activity_poll_interval.get() < MIN_POLL_INTERVAL {
+            return fail(
+                "manager.activity_poll_interval",
+                format!(
+                    "{} is too short: must be at least 50ms",
+                    m.activity_poll_interval
+                ),
+            );
+        }
+        let c = &self.compute;
+        if c.os_user.trim().is_empty() {
+            return fail("compute.os_user", "must not be empty".to_owned());
+        }
+        for (key, value) in [
+            ("compute.start_timeout", c.start_timeout),
+            ("compute.stop_timeout", c.stop_timeout),
+        ] {
+            if value.get().is_zero() {
+                return fail(key, "must be more than 0s".to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `path` to a string, as a [`ConfigError::Read`] on failure.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// Turns a figment error into [`ConfigError::Invalid`], naming the source of the value.
+fn invalid_from_figment(figment: &Figment, error: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+
+    let mut path = error.path.clone();
+    let reason = match &error.kind {
+        Kind::Message(msg) => msg.clone(),
+        // figment usually has the offending key in the path already; add it if not.
+        Kind::UnknownField(field, _) => {
+            push_unless_last(&mut path, field);
+            "unknown key".to_owned()
+        }
+        Kind::MissingField(field) => {
+            push_unless_last(&mut path, field);
+            "missing key".to_owned()
+        }
+        Kind::DuplicateField(field) => {
+            push_unless_last(&mut path, field);
+            "key given more than once".to_owned()
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!(
+                "expected {}, found {}",
+                describe_expected(expected),
+                describe_actual(actual)
+            )
+        }
+        Kind::InvalidLength(len, expected) => format!("expected {expected}, found {len} items"),
+        Kind::UnknownVariant(found, expected) => {
+            format!(
+                "unknown value {found:?}, expected one of: {}",
+                expected.join(", ")
+            )
+        }
+        other => other.to_string(),
+    };
+    let key = path.join(".");
+    // Prefer the provider of the exact value; fall back to the error's own metadata (for
+    // example the enclosing table's when the key itself doesn't exist).
+    let metadata = figment.find_metadata(&key).or(error.metadata.as_ref());
+    let profile = error.profile.clone().unwrap_or_default();
+    let source = match metadata {
+        Some(md) => md.interpolate(&profile, &path),
+        None => GENERIC_SOURCE.to_owned(),
+    };
+    ConfigError::Invalid {
+        source,
+        key: if key.is_empty() {
+            "(top level)".to_owned()
+        } else {
+            key
+        },
+        reason,
+    }
+}
+
+/// Says what serde expected in TOML terms ("a table" rather than "struct ComputeConfig").
+fn describe_expected(expected: &str) -> String {
+    if expected.starts_with("struct ") || expected == "a map" {
+        "a table".to_owned()
+    } else if expected == "a sequence" {
+        "a list".to_owned()
+    } else {
+        expected.to_owned()
+    }
+}
+
+/// Says what was found in TOML terms ("integer 60" rather than "signed int `60`").
+fn describe_actual(actual: &figment::error::Actual) -> String {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(v) => format!("boolean {v}"),
+        Actual::Unsigned(v) => format!("integer {v}"),
+        Actual::Signed(v) => format!("integer {v}"),
+        Actual::Float(v) => format!("number {v}"),
+        Actual::Str(v) => format!("string {v:?}"),
+        Actual::Seq => "a list".to_owned(),
+        Actual::Map => "a table".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Appends `key` to `path` unless it already ends with it.
+fn push_unless_last(path: &mut Vec<String>, key: &str) {
+    if path.last().map(String::as_str) != Some(key) {
+        path.push(key.to_owned());
+    }
+}
+
+/// A parsed TOML document that figment errors attribute to `name`.
+struct TomlSource {
+    name: String,
+    dict: Dict,
+}
+
+impl TomlSource {
+    /// Parses `text`; a syntax error becomes [`ConfigError::Invalid`] with the line and
+    /// column as the key.
+    fn parse(name: &str, text: &str) -> Result<Self, ConfigError> {
+        match Toml::from_str::<Dict>(text) {
+            Ok(dict) => Ok(Self {
+                name: name.to_owned(),
+                dict,
+            }),
+            Err(e) => {
+                let key = match e.span() {
+                    Some(span) => {
+                        let (line, column) = line_column(text, span.start);
+                        format!("line {line}, column {column}")
+                    }
+                    None => "TOML syntax".to_owned(),
+                };
+                let reason = e
+                    .message()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Err(ConfigError::Invalid {
+                    source: name.to_owned(),
+                    key,
+                    reason: format!("invalid TOML: {reason}"),
+                })
+            }
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `at` in `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+impl Provider for TomlSource {
+    fn metadata(&self) -> Metadata {
+        let name = self.name.clone();
+        Metadata::named(self.name.clone()).interpolater(move |_: &Profile, _: &[&str]| name.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// `LAKEBED_*` variables, with errors naming the exact variable.
+struct EnvSource(Env);
+
+impl Provider for EnvSource {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variables").interpolater(|_: &Profile, keys: &[&str]| {
+            let name: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
+            format!(
+                "environment variable {ENV_PREFIX}{}",
+                name.join(ENV_SEPARATOR)
+            )
+        })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.0.data()
+    }
+}
+
+/// The environment provider: `LAKEBED_A__B=v` sets `a.b`, for known top-level keys only.
+fn env_provider() -> EnvSource {
+    EnvSource(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|key| {
+                let first = key.as_str().split(ENV_SEPARATOR).next().unwrap_or_default();
+                TOP_LEVEL_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
+            })
+            .split(ENV_SEPARATOR),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    // `Jail::expect_with` closures must return figment's own (large) `Result`.
+    #![allow(clippy::result_large_err)]
+
+    use std::net::Ipv6Addr;
+
+    use figment::Jail;
+
+    use super::*;
+
+    fn invalid(err: ConfigError) -> (String, String, String) {
+        match err {
+            ConfigError::Invalid {
+                source,
+                key,
+                reason,
+            } => (source, key, reason),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::default();
+        assert_eq!(config.data_dir, PathBuf::from(".lakebed"));
+        assert_eq!(config.manager.listen, "127.0.0.1:6480".parse().unwrap());
+        assert_eq!(
+            config.manager.activity_poll_interval.get(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(config.compute.pg_bin_dir, None);
+        assert_eq!(config.compute.os_user, "postgres");
+        assert_eq!(config.compute.port_range, PortRange::Auto);
+        assert_eq!(config.compute.start_timeout.get(), Duration::from_secs(60));
+        assert_eq!(config.compute.stop_timeout.get(), Duration::from_secs(30));
+        assert!(config.endpoints.is_empty());
+        assert_eq!(Config::from_toml_str("empty.toml", "").unwrap(), config);
+    }
+
+    #[test]
+    fn load_without_file_uses_defaults() {
+        Jail::expect_with(|jail| {
+            // The jail's working directory is a fresh, empty temporary directory.
+            assert!(!jail.directory().join(DEFAULT_FILE).exists());
+            assert_eq!(Config::load(None).unwrap(), Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn load_reads_lakebed_toml_from_current_dir() {
+        Jail::expect_with(|jail| {
+            jail.create_file(DEFAULT_FILE, "data_dir = \"/srv/lakebed\"")?;
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.data_dir, PathBuf::from("/srv/lakebed"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let config = Config::from_toml_str(
+            "lakebed.toml",
+            r#"
+            data_dir = "/var/lib/lakebed"
+
+            [manager]
+            listen = "[::1]:7000"
+            activity_poll_interval = "250ms"
+
+            [compute]
+            pg_bin_dir = "/usr/lib/postgresql/17/bin"
+            os_user = "pg"
+            port_range = "20000-20100"
+            start_timeout = "2m"
+            stop_timeout = "10s"
+
+            [endpoints.main]
+            suspend_timeout = "never"
+            keep_warm = ["Mon-Fri 08:00-18:00 Europe/Berlin"]
+
+            [endpoints.batch]
+            suspend_timeout = "1m"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/lakebed"));
+        assert_eq!(
+            config.manager.listen,
+            SocketAddr::from((Ipv6Addr::LOCALHOST, 7000))
+        );
+        assert_eq!(
+            config.manager.activity_poll_interval.get(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            config.compute.pg_bin_dir,
+            Some(PathBuf::from("/usr/lib/postgresql/17/bin"))
+        );
+        assert_eq!(config.compute.os_user, "pg");
+        assert_eq!(
+            config.compute.port_range,
+            PortRange::Range {
+                low: 20000,
+                high: 20100
+            }
+        );
+        assert_eq!(config.compute.start_timeout.get(), Duration::from_secs(120));
+        assert_eq!(config.compute.stop_timeout.get(), Duration::from_secs(10));
+
+        let main: EndpointName = "main".parse().unwrap();
+        let policy = config.endpoints[&main].policy();
+        assert_eq!(policy.suspend_timeout, SuspendTimeout::Never);
+        assert_eq!(
+            policy.keep_warm,
+            vec!["Mon-Fri 08:00-18:00 Europe/Berlin".parse().unwrap()]
+        );
+
+        let batch: EndpointName = "batch".parse().unwrap();
+        let policy = config.endpoints[&batch].policy();
+        assert_eq!(
+            policy.suspend_timeout,
+            SuspendTimeout::After(Duration::from_secs(60))
+        );
+        assert!(
+            policy.keep_warm.is_empty(),
+            "missing keep_warm takes the default"
+        );
+    }
+
+    #[test]
+    fn empty_endpoint_table_gets_default_policy() {
+        let config = Config::from_toml_str("lakebed.toml", "[endpoints.main]\n").unwrap();
+        let main: EndpointName = "main".parse().unwrap();
+        assert_eq!(
+            config.endpoints[&main].policy(),
+            AutosuspendPolicy::default()
+        );
+    }
+
+    #[test]
+    fn bad_duration_message_is_exact() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "lakebed.toml",
+                "[endpoints.main]\nsuspend_timeout = \"5 parsecs\"",
+            )?;
+            let err = Config::load(Some(Path::new("lakebed.toml"))).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "lakebed.toml: endpoints.main.suspend_timeout: \"5 parsecs\" is not a duration (examples: 90s, 5m, 1h)"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = Config::from_toml_str("lakebed.toml", "[compute]\nos_usr = \"pg\"").unwrap_err();
+        assert_eq!(err.to_string(), "lakebed.toml: compute.os_usr: unknown key");
+
+        let err = Config::from_toml_str("lakebed.toml", "data_dri = \"x\"").unwrap_err();
+        assert_eq!(err.to_string(), "lakebed.toml: data_dri: unknown key");
+
+        let err =
+            Config::from_toml_str("lakebed.toml", "[endpoints.main]\nkeep_worm = []").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "lakebed.toml: endpoints.main.keep_worm: unknown key"
+        );
+    }
+
+    #[test]
+    fn wrong_type_says_what_was_expected() {
+        let (source, key, reason) = invalid(
+            Config::from_toml_str("cfg.toml", "[compute]\nstart_timeout = 60").unwrap_err(),
+        );
+        assert_eq!(source, "cfg.toml");
+        assert_eq!(key, "compute.start_timeout");
+        assert!(
+            reason.contains("expected a duration such as \"90s\" or \"5m\""),
+            "{reason}"
+        );
+        assert!(reason.ends_with(", found integer 60"), "{reason}");
+
+        let (_, key, reason) =
+            invalid(Config::from_toml_str("cfg.toml", "[compute]\nos_user = 7").unwrap_err());
+        assert_eq!(key, "compute.os_user");
+        assert_eq!(reason, "expected a string, found integer 7");
+
+        let err = Config::from_toml_str("cfg.toml", "compute = 5").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cfg.toml: compute: expected a table, found integer 5"
+        );
+
+        let err = Config::from_toml_str(
+            "cfg.toml",
+            "[endpoints.main]\nkeep_warm = \"daily 09:00-10:00\"",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cfg.toml: endpoints.main.keep_warm: expected a list, found string \"daily 09:00-10:00\""
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases = [
+            (
+                "[endpoints.Main]\n",
+                "lakebed.toml: endpoints.Main: endpoint name \"Main\": only lowercase letters, digits and '-' are allowed (found 'M')",
+            ),
+            (
+                "[compute]\nport_range = \"80-90\"",
+                "lakebed.toml: compute.port_range: \"80-90\" is not a usable port range: ports below 1024 are privileged",
+            ),
+            (
+                "[compute]\nport_range = \"9000-8000\"",
+                "lakebed.toml: compute.port_range: \"9000-8000\" is not a usable port range: the first port must not be above the second",
+            ),
+            (
+                "[compute]\nport_range = \"lots\"",
+                "lakebed.toml: compute.port_range: \"lots\" is not a port range (use \"auto\" or e.g. \"20000-20100\")",
+            ),
+            (
+                "[manager]\nlisten = \"localhost\"",
+                "lakebed.toml: manager.listen: \"localhost\" is not an address like 127.0.0.1:6480 or [::1]:6480",
+            ),
+            (
+                "[endpoints.main]\nkeep_warm = [\"Mon-Fri 8-18\"]",
+                "lakebed.toml: endpoints.main.keep_warm.0: \"Mon-Fri 8-18\" is not a keep-warm window: \"8-18\" is not a time range like 08:00-18:00",
+            ),
+            (
+                "[endpoints.main]\nsuspend_timeout = \"500ms\"",
+                "lakebed.toml: endpoints.main.suspend_timeout: \"500ms\" is too short: suspend_timeout must be at least 1s, or \"never\"",
+            ),
+        ];
+        for (toml, want) in cases {
+            let err = Config::from_toml_str("lakebed.toml", toml).unwrap_err();
+            assert_eq!(err.to_string(), want, "toml {toml:?}");
+        }
+    }
+
+    #[test]
+    fn cross_field_validation() {
+        let cases = [
+            (
+                "[manager]\nlisten = \"0.0.0.0:6480\"",
+                "lakebed.toml: manager.listen: 0.0.0.0:6480 is not a loopback address: the admin API is loopback-only (use 127.0.0.1 or [::1])",
+            ),
+            (
+                "[manager]\nactivity_poll_interval = \"10ms\"",
+                "lakebed.toml: manager.activity_poll_interval: 10ms is too short: must be at least 50ms",
+            ),
+            (
+                "[compute]\nstart_timeout = \"0s\"",
+                "lakebed.toml: compute.start_timeout: must be more than 0s",
+            ),
+            (
+                "[compute]\nstop_timeout = \"0s\"",
+                "lakebed.toml: compute.stop_timeout: must be more than 0s",
+            ),
+            (
+                "[compute]\nos_user = \"\"",
+                "lakebed.toml: compute.os_user: must not be empty",
+            ),
+        ];
+        for (toml, want) in cases {
+            let err = Config::from_toml_str("lakebed.toml", toml).unwrap_err();
+            assert_eq!(err.to_string(), want, "toml {toml:?}");
+        }
+        // The boundary itself is fine.
+        let ok = Config::from_toml_str(
+            "lakebed.toml",
+            "[manager]\nactivity_poll_interval = \"50ms\"\nlisten = \"127.0.0.2:1\"",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.manager.activity_poll_interval.get(),
+            Duration::from_millis(50)
+        );
+    }
+
+    #[test]
+    fn toml_syntax_error_names_file_and_line() {
+        let (source, key, reason) = invalid(
+            Config::from_toml_str(
+                "lakebed.toml",
+                "[compute]\nos_user = \"pg\"\nstop_timeout = \n",
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(source, "lakebed.toml");
+        assert_eq!(key, "line 3, column 16");
+        assert_eq!(reason, "invalid TOML: invalid string; expected `\"`, `'`");
+
+        let err = Config::from_toml_str(
+            "lakebed.toml",
+            "[compute]\nos_user = \"a\"\nos_user = \"b\"",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "lakebed.toml: line 3, column 1: invalid TOML: duplicate key `os_user` in table `compute`"
+        );
+    }
+
+    #[test]
+    fn missing_explicit_file_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.toml");
+        let err = Config::load(Some(&path)).unwrap_err();
+        match &err {
+            ConfigError::Read { path: p, error } => {
+                assert_eq!(p, &path);
+                assert_eq!(error.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("expected Read, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("{}: cannot read: ", path.display())),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "custom.toml",
+                "data_dir = \"/from/file\"\n[compute]\nos_user = \"file-user\"\nstop_timeout = \"5s\"",
+            )?;
+            jail.set_env("LAKEBED_COMPUTE__OS_USER", "env-user");
+            jail.set_env("LAKEBED_DATA_DIR", "/from/env");
+            jail.set_env("LAKEBED_MANAGER__LISTEN", "127.0.0.1:7000");
+            jail.set_env("LAKEBED_ENDPOINTS__MAIN__SUSPEND_TIMEOUT", "never");
+            // Not a config section: ignored rather than an unknown key.
+            jail.set_env("LAKEBED_LOG", "debug");
+            let config = Config::load(Some(Path::new("custom.toml"))).unwrap();
+            assert_eq!(config.compute.os_user, "env-user");
+            assert_eq!(config.data_dir, PathBuf::from("/from/env"));
+            assert_eq!(config.manager.listen, "127.0.0.1:7000".parse().unwrap());
+            assert_eq!(config.compute.stop_timeout.get(), Duration::from_secs(5));
+            let main: EndpointName = "main".parse().unwrap();
+            assert_eq!(
+                config.endpoints[&main].policy().suspend_timeout,
+                SuspendTimeout::Never
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.create_file("lakebed.toml", "[manager]\nactivity_poll_interval = \"2s\"")?;
+            jail.set_env("LAKEBED_MANAGER__ACTIVITY_POLL_INTERVAL", "fast");
+            let err = Config::load(None).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "environment variable LAKEBED_MANAGER__ACTIVITY_POLL_INTERVAL: \
+                 manager.activity_poll_interval: \"fast\" is not a duration (examples: 90s, 5m, 1h)"
+            );
+
+            // A value that parses but fails validation also names the variable.
+            jail.set_env("LAKEBED_MANAGER__ACTIVITY_POLL_INTERVAL", "10ms");
+            let (source, key, _) = invalid(Config::load(None).unwrap_err());
+            assert_eq!(
+                source,
+                "environment variable LAKEBED_MANAGER__ACTIVITY_POLL_INTERVAL"
+            );
+            assert_eq!(key, "manager.activity_poll_interval");
+
+            jail.set_env("LAKEBED_MANAGER__ACTIVITY_POLL_INTERVAL", "1s");
+            jail.set_env("LAKEBED_COMPUTE__OS_USR", "pg");
+            assert_eq!(
+                Config::load(None).unwrap_err().to_string(),
+                "environment variable LAKEBED_COMPUTE__OS_USR: compute.os_usr: unknown key"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_without_file() {
+        Jail::expect_with(|jail| {
+            jail.set_env("LAKEBED_COMPUTE__PORT_RANGE", "30000-30010");
+            let config = Config::load(None).unwrap();
+            assert_eq!(
+                config.compute.port_range,
+                PortRange::Range {
+                    low: 30000,
+                    high: 30010
+                }
+            );
+            assert!(config.compute.port_range.contains(30010));
+            assert!(!config.compute.port_range.contains(30011));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn config_serializes_back_to_the_same_values() {
+        let mut config = Config::from_toml_str(
+            "lakebed.toml",
+            "[compute]\nport_range = \"20000-20100\"\n[endpoints.main]\nsuspend_timeout = \"1h 30m\"\nkeep_warm = [\"Sat,Sun 10:00-12:00\"]",
+        )
+        .unwrap();
+        config.compute.pg_bin_dir = Some(PathBuf::from("/opt/pg/bin"));
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["compute"]["port_range"], "20000-20100");
+        assert_eq!(json["endpoints"]["main"]["suspend_timeout"], "1h 30m");
+        assert_eq!(
+            json["endpoints"]["main"]["keep_warm"][0],
+            "Sat-Sun 10:00-12:00 UTC"
+        );
+        let back: Config = serde_json::from_value(json).unwrap();
+        assert_eq!(back, config);
+    }
+}

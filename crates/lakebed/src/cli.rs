@@ -1,0 +1,153 @@
+//! The command line, as clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Lakebed: serverless PostgreSQL computes, woken on demand and suspended when idle.
+#[derive(Debug, Parser)]
+#[command(name = "lakebed", version, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default: ./lakebed.toml if it exists). LAKEBED_* variables
+    /// override it, e.g. LAKEBED_COMPUTE__OS_USER=postgres.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Data directory (default: data_dir from the configuration, ./.lakebed).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The compute manager's API, e.g. http://127.0.0.1:6480 (default: the address the
+    /// running `lakebed up` wrote to <data_dir>/api-addr, else manager.listen).
+    #[arg(long, global = true, value_name = "URL")]
+    pub api_url: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole stack in this process until Ctrl-C or SIGTERM.
+    Up,
+    /// Create, inspect, wake, suspend and delete endpoints.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Create, list and delete an endpoint's roles.
+    #[command(subcommand)]
+    Role(RoleCommand),
+}
+
+/// Policy flags shared by `endpoint create` and `endpoint set`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Suspend after this long idle: a duration such as 90s or 5m, or "never".
+    #[arg(long, value_name = "DURATION")]
+    pub suspend_timeout: Option<String>,
+    /// A keep-warm window, e.g. "Mon-Fri 08:00-18:00 Europe/Berlin" (repeat for several).
+    #[arg(long, value_name = "WINDOW")]
+    pub keep_warm: Vec<String>,
+}
+
+/// `lakebed endpoint ...`
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Create an endpoint (its compute starts at the first wake).
+    Create {
+        /// Endpoint name: lowercase letters, digits and '-', 1 to 63 characters.
+        name: String,
+        /// Owning tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// List endpoints.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an endpoint: state, address, policy, last cold start, boots.
+    Show {
+        /// Endpoint name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an endpoint's autosuspend policy.
+    Set {
+        /// Endpoint name.
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Remove every keep-warm window.
+        #[arg(long, conflicts_with = "keep_warm")]
+        no_keep_warm: bool,
+    },
+    /// Start the endpoint's compute if needed and print its address.
+    Wake {
+        /// Endpoint name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend the endpoint's compute now (connected sessions end).
+    Suspend {
+        /// Endpoint name.
+        name: String,
+    },
+    /// Delete an endpoint, its roles and its data.
+    Delete {
+        /// Endpoint name.
+        name: String,
+    },
+}
+
+/// `lakebed role ...`
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Create a login role; prints a generated password once unless --password-stdin.
+    Create {
+        /// Role name: lowercase letters, digits and '_', 1 to 63 characters.
+        name: String,
+        /// The endpoint the role belongs to.
+        #[arg(long, default_value = "main")]
+        endpoint: String,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a new password for a role; generated and printed once unless --password-stdin.
+    Password {
+        /// Role name.
+        name: String,
+        /// The endpoint the role belongs to.
+        #[arg(long, default_value = "main")]
+        endpoint: String,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List an endpoint's roles.
+    List {
+        /// The endpoint.
+        #[arg(long, default_value = "main")]
+        endpoint: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a role.
+    Delete {
+        /// Role name.
+        name: String,
+        /// The endpoint the role belongs to.
+        #[arg(long, default_value = "main")]
+        endpoint: String,
+    },
+}

@@ -1,0 +1,176 @@
+//! `lakebed endpoint ...`
+
+use anyhow::Result;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::print_json;
+use crate::cli::{EndpointCommand, PolicyArgs};
+use crate::client::ApiClient;
+
+pub async fn run(api: &ApiClient, cmd: EndpointCommand) -> Result<()> {
+    match cmd {
+        EndpointCommand::Create {
+            name,
+            tenant,
+            policy,
+        } => {
+            let mut body = policy_body(&policy, false);
+            body["name"] = json!(name);
+            body["tenant"] = json!(tenant);
+            let view = api.call(Method::POST, "/v1/endpoints", Some(body)).await?;
+            println!(
+                "created endpoint {} ({})",
+                view["name"].as_str().unwrap_or(&name),
+                describe_policy(&view["policy"])
+            );
+        }
+        EndpointCommand::List { json } => {
+            let list = api.call(Method::GET, "/v1/endpoints", None).await?;
+            if json {
+                return print_json(&list);
+            }
+            println!(
+                "{:<24} {:<10} {:<22} {:>12}  POLICY",
+                "ENDPOINT", "STATE", "ADDRESS", "COLD START"
+            );
+            for ep in list.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<10} {:<22} {:>12}  {}",
+                    ep["name"].as_str().unwrap_or("?"),
+                    ep["compute"]["state"].as_str().unwrap_or("?"),
+                    ep["compute"]["address"].as_str().unwrap_or("-"),
+                    ms(&ep["last_cold_start_ms"]),
+                    describe_policy(&ep["policy"]),
+                );
+            }
+        }
+        EndpointCommand::Show { name, json } => {
+            let ep = api
+                .call(Method::GET, &format!("/v1/endpoints/{name}"), None)
+                .await?;
+            if json {
+                return print_json(&ep);
+            }
+            show(&ep);
+        }
+        EndpointCommand::Set {
+            name,
+            policy,
+            no_keep_warm,
+        } => {
+            let body = policy_body(&policy, no_keep_warm);
+            let ep = api
+                .call(Method::PATCH, &format!("/v1/endpoints/{name}"), Some(body))
+                .await?;
+            println!("endpoint {name}: {}", describe_policy(&ep["policy"]));
+        }
+        EndpointCommand::Wake { name, json } => {
+            let out = api
+                .call(Method::POST, &format!("/v1/endpoints/{name}/wake"), None)
+                .await?;
+            if json {
+                return print_json(&out);
+            }
+            let addr = out["address"].as_str().unwrap_or("?");
+            println!("{addr}");
+            match out["cold_start_ms"].as_u64() {
+                Some(ms) => eprintln!("endpoint {name} woken in {ms} ms"),
+                None => eprintln!("endpoint {name} was already active"),
+            }
+            if let Some((host, port)) = addr.rsplit_once(':') {
+                eprintln!("connect: psql \"host={host} port={port} dbname=postgres user=<role>\"");
+            }
+        }
+        EndpointCommand::Suspend { name } => {
+            let out = api
+                .call(Method::POST, &format!("/v1/endpoints/{name}/suspend"), None)
+                .await?;
+            println!("endpoint {name}: {}", out["state"].as_str().unwrap_or("?"));
+        }
+        EndpointCommand::Delete { name } => {
+            api.call(Method::DELETE, &format!("/v1/endpoints/{name}"), None)
+                .await?;
+            println!("deleted endpoint {name}");
+        }
+    }
+    Ok(())
+}
+
+fn policy_body(policy: &PolicyArgs, no_keep_warm: bool) -> Value {
+    let mut body = json!({});
+    if let Some(t) = &policy.suspend_timeout {
+        body["suspend_timeout"] = json!(t);
+    }
+    if no_keep_warm {
+        body["keep_warm"] = json!([]);
+    } else if !policy.keep_warm.is_empty() {
+        body["keep_warm"] = json!(policy.keep_warm);
+    }
+    body
+}
+
+fn describe_policy(policy: &Value) -> String {
+    let timeout = policy["suspend_timeout"].as_str().unwrap_or("?");
+    let mut text = if timeout == "never" {
+        "never suspended".to_owned()
+    } else {
+        format!("suspend after {timeout} idle")
+    };
+    let windows: Vec<&str> = policy["keep_warm"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !windows.is_empty() {
+        text.push_str(&format!("; keep warm {}", windows.join(", ")));
+    }
+    text
+}
+
+fn ms(v: &Value) -> String {
+    v.as_u64()
+        .map(|ms| format!("{ms} ms"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn show(ep: &Value) {
+    let c = &ep["compute"];
+    let row = |k: &str, v: String| println!("{k:<16} {v}");
+    row("endpoint", ep["name"].as_str().unwrap_or("?").into());
+    row("tenant", ep["tenant"].as_str().unwrap_or("?").into());
+    row(
+        "state",
+        format!(
+            "{} (since {})",
+            c["state"].as_str().unwrap_or("?"),
+            c["since"].as_str().unwrap_or("?")
+        ),
+    );
+    if let Some(addr) = c["address"].as_str() {
+        row("address", addr.into());
+    }
+    if let Some(pid) = c["pid"].as_u64() {
+        row("pid", pid.to_string());
+    }
+    row("policy", describe_policy(&ep["policy"]));
+    row("last cold start", ms(&ep["last_cold_start_ms"]));
+    row("boots", ep["boots"].to_string());
+    if let Some(last) = c["autosuspend"]["last"].as_object() {
+        row(
+            "autosuspend",
+            format!(
+                "{} (check {})",
+                Value::Object(last.clone()),
+                c["autosuspend"]["checks"]
+            ),
+        );
+    }
+    if let Some(reason) = c["failure"]["reason"].as_str() {
+        row("failure", reason.into());
+        if let Some(tail) = c["failure"]["log_tail"].as_str().filter(|t| !t.is_empty()) {
+            println!("--- postgres log (tail) ---\n{tail}");
+        }
+    }
+}

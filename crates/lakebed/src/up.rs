@@ -1,0 +1,183 @@
+//! `lakebed up`: the whole stack in one process.
+//!
+//! Opens the compute manager on the data directory (stopping computes a crashed run left
+//! behind), creates tenant `default`, endpoint `main` and role `lakebed` on first start,
+//! creates or updates the endpoints named in the configuration, serves the API and runs the
+//! autosuspend monitor. SIGINT or SIGTERM suspends every compute, then the process exits:
+//! no postgres process is left behind.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use lakebed_compute_manager::{Manager, ManagerError, ManagerOptions, activity, api, verifier};
+use lakebed_config::{AutosuspendPolicy, Config, EndpointName, RoleName, TenantName};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::client::{ADDR_FILE, TOKEN_FILE};
+
+const DEFAULT_TENANT: &str = "default";
+const DEFAULT_ENDPOINT: &str = "main";
+const DEFAULT_ROLE: &str = "lakebed";
+
+pub async fn run(config: Config) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    // Signals first, so a SIGTERM during start-up is not lost.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+    let manager = Manager::open(ManagerOptions::from_config(&config)).await?;
+    let data_dir = manager.data_dir().to_path_buf();
+    let token = ensure_token(&data_dir)?;
+    let first = bootstrap(&manager, &config).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.manager.listen)
+        .await
+        .with_context(|| format!("manager.listen: cannot listen on {}", config.manager.listen))?;
+    let api_addr = listener.local_addr()?;
+    let addr_file = data_dir.join(ADDR_FILE);
+    std::fs::write(&addr_file, api_addr.to_string())
+        .with_context(|| format!("writing {}", addr_file.display()))?;
+
+    let monitor = activity::spawn_monitor(manager.clone());
+    let server = tokio::spawn(api::serve(listener, manager.clone(), token));
+
+    print_banner(&manager, &data_dir, api_addr, first.as_deref())?;
+
+    tokio::select! {
+        _ = sigint.recv() => tracing::info!("SIGINT: suspending every compute"),
+        _ = sigterm.recv() => tracing::info!("SIGTERM: suspending every compute"),
+    }
+    manager.shutdown().await;
+    let _ = monitor.await;
+    let _ = server.await;
+    let _ = std::fs::remove_file(&addr_file);
+    println!("Lakebed stopped; every compute is suspended.");
+    Ok(())
+}
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+fn ensure_token(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = format!(
+        "{}{}",
+        verifier::generate_password(),
+        verifier::generate_password()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    Ok(token)
+}
+
+/// First start: tenant `default`, endpoint `main`, role `lakebed` with a generated password
+/// (returned, to be printed once). Every start: the endpoints named in the configuration.
+async fn bootstrap(manager: &Manager, config: &Config) -> Result<Option<String>> {
+    let tenant: TenantName = DEFAULT_TENANT.parse()?;
+    let first_start = manager.catalog().ensure_tenant(&tenant)?;
+    let main: EndpointName = DEFAULT_ENDPOINT.parse()?;
+    let mut password = None;
+    if first_start {
+        let policy = config
+            .endpoints
+            .get(&main)
+            .map(|e| e.policy())
+            .unwrap_or_default();
+        match manager.create_endpoint(&main, &tenant, &policy) {
+            Ok(_) | Err(ManagerError::EndpointExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let role: RoleName = DEFAULT_ROLE.parse()?;
+        match manager.create_role(&main, &role, None).await {
+            Ok(p) => password = p,
+            Err(ManagerError::RoleExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for (name, endpoint) in &config.endpoints {
+        let policy: AutosuspendPolicy = endpoint.policy();
+        match manager.catalog().endpoint(name) {
+            Ok(existing) if existing.policy == policy => {}
+            Ok(_) => {
+                manager.set_policy(name, &policy)?;
+            }
+            Err(ManagerError::EndpointNotFound(_)) => {
+                manager.create_endpoint(name, &tenant, &policy)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(password)
+}
+
+fn print_banner(
+    manager: &Manager,
+    data_dir: &Path,
+    api_addr: std::net::SocketAddr,
+    password: Option<&str>,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Lakebed is up. Data in {}", data_dir.display())?;
+    writeln!(
+        out,
+        "  API        http://{api_addr}  (admin token in {})",
+        data_dir.join(TOKEN_FILE).display()
+    )?;
+    for ep in manager.list()? {
+        writeln!(
+            out,
+            "  endpoint   {} ({})",
+            ep.record.name, ep.record.policy.suspend_timeout
+        )?;
+    }
+    match password {
+        Some(pw) => {
+            writeln!(out, "  role       {DEFAULT_ROLE}, password {pw}")?;
+            writeln!(
+                out,
+                "             (shown once; Lakebed keeps only a SCRAM verifier;"
+            )?;
+            writeln!(
+                out,
+                "              `lakebed role password {DEFAULT_ROLE}` sets a new one)"
+            )?;
+        }
+        None => writeln!(
+            out,
+            "  role       {DEFAULT_ROLE} (password shown at first start; `lakebed role password {DEFAULT_ROLE}` sets a new one)"
+        )?,
+    }
+    writeln!(out, "Connect:")?;
+    writeln!(
+        out,
+        "  lakebed endpoint wake {DEFAULT_ENDPOINT}      # starts the compute, prints HOST:PORT"
+    )?;
+    writeln!(
+        out,
+        "  psql \"host=HOST port=PORT dbname=postgres user={DEFAULT_ROLE} password={}\"",
+        password.unwrap_or("...")
+    )?;
+    writeln!(out, "Ctrl-C suspends every compute and stops.")?;
+    out.flush()?;
+    Ok(())
+}
