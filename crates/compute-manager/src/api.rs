@@ -17,6 +17,7 @@
 //! | GET | `/v1/endpoints/{ep}/roles` | | `[RoleView]` |
 //! | POST | `/v1/endpoints/{ep}/roles` | `{"name", "verifier"?}` | 201 `{"name", "password"?}` |
 //! | POST | `/v1/endpoints/{ep}/roles/{role}/password` | `{"verifier"?}` | `{"name", "password"?}` |
+//! | GET | `/v1/endpoints/{ep}/roles/{role}/secret` | | `{"verifier"}` (for the proxy's SCRAM) |
 //! | DELETE | `/v1/endpoints/{ep}/roles/{role}` | | 204 |
 //!
 //! A `password` appears in an answer only when the manager generated it; it is shown that
@@ -73,6 +74,7 @@ pub fn router(manager: Manager, token: &str) -> Router {
             "/v1/endpoints/{ep}/roles/{role}/password",
             post(set_password),
         )
+        .route("/v1/endpoints/{ep}/roles/{role}/secret", get(role_secret))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(
@@ -329,6 +331,16 @@ async fn set_password(
     let verifier = body.verifier.as_deref().map(Verifier::parse).transpose()?;
     let password = s.manager.set_role_password(&ep, &name, verifier).await?;
     Ok(Json(RoleSecret { name, password }))
+}
+
+async fn role_secret(
+    State(s): State<AppState>,
+    Path((ep, role)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let verifier = s
+        .manager
+        .role_verifier(&endpoint_name(&ep)?, &role_name(&role)?)?;
+    Ok(Json(json!({ "verifier": verifier.as_str() })))
 }
 
 async fn delete_role(

@@ -30,4 +30,4 @@ pub mod reconcile;
 pub mod verifier;
 
 pub use error::{ErrorCode, ManagerError};
-pub use manager::{Manager, ManagerOptions, WakeOutcome};
+pub use manager::{ComputeTls, Manager, ManagerOptions, WakeOutcome};

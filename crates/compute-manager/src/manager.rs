@@ -47,6 +47,30 @@ pub struct ManagerOptions {
     pub compute: ComputeConfig,
     /// How often the autosuspend monitor polls each active compute.
     pub activity_poll_interval: Duration,
+    /// TLS for computes. With it, nothing but the holder of a client certificate signed by
+    /// [`ComputeTls::ca_cert`] (the proxy) can log in to a compute; without it, catalog roles
+    /// log in directly with SCRAM over loopback TCP. See [`crate::postgres::EndpointDir`].
+    pub compute_tls: Option<ComputeTls>,
+}
+
+/// TLS material for computes; with it, computes accept only clients presenting a certificate
+/// signed by `ca_cert` (the proxy).
+///
+/// At every boot the three files are copied into PGDATA (`lakebed-ca.pem`,
+/// `lakebed-server.pem`, `lakebed-server.key`, mode 0600, owned by the compute OS user), so
+/// they may live where only the manager can read them. Postgres runs with `ssl=on`, and a
+/// TCP login then needs TLS, a client certificate that chains to `ca_cert` (its name is not
+/// checked) and the role's SCRAM password, all three. So with `ComputeTls`, nothing but the
+/// proxy (the only holder of such a certificate) can log in to a compute; the manager's
+/// system role keeps its peer login over the private Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputeTls {
+    /// PEM CA certificate(s) that client certificates must chain to.
+    pub ca_cert: PathBuf,
+    /// PEM server certificate (chain) computes present.
+    pub server_cert: PathBuf,
+    /// PEM private key of `server_cert`.
+    pub server_key: PathBuf,
 }
 
 impl ManagerOptions {
@@ -56,6 +80,7 @@ impl ManagerOptions {
             data_dir: config.data_dir.clone(),
             compute: config.compute.clone(),
             activity_poll_interval: config.manager.activity_poll_interval.get(),
+            compute_tls: None,
         }
     }
 }
@@ -383,6 +408,28 @@ impl Manager {
             .collect())
     }
 
+    /// The SCRAM verifier of a role, for the proxy to authenticate clients against.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`], [`ManagerError::RoleNotFound`].
+    pub fn role_verifier(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+    ) -> Result<Verifier, ManagerError> {
+        self.inner
+            .catalog
+            .roles(endpoint)?
+            .into_iter()
+            .find(|r| &r.name == role)
+            .map(|r| r.verifier)
+            .ok_or_else(|| ManagerError::RoleNotFound {
+                endpoint: endpoint.to_string(),
+                role: role.to_string(),
+            })
+    }
+
     /// Deletes a role from an endpoint (and from its running compute).
     pub async fn delete_role(
         &self,
@@ -518,7 +565,9 @@ impl Manager {
             dir.initdb(&inner.install, &inner.user, &endpoint.name)
                 .await?;
         }
-        dir.write_access_rules(&inner.user, &inner.manager_os_user)?;
+        let tls = inner.opts.compute_tls.as_ref();
+        dir.install_tls(tls, &inner.user)?;
+        dir.write_access_rules(&inner.user, &inner.manager_os_user, tls.is_some())?;
         let grace = inner.opts.compute.stop_timeout.get();
         let mut tried = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -526,8 +575,15 @@ impl Manager {
             tried.push(port);
             dir.fresh_private_dir(&dir.run_dir(), &inner.user)?;
             let cluster = format!("lakebed/{}", endpoint.name);
-            let mut pm = Postmaster::spawn(&inner.install, &inner.user, &dir, &cluster, port)
-                .map_err(ManagerError::io(inner.install.bin("postgres")))?;
+            let mut pm = Postmaster::spawn(
+                &inner.install,
+                &inner.user,
+                &dir,
+                &cluster,
+                port,
+                tls.is_some(),
+            )
+            .map_err(ManagerError::io(inner.install.bin("postgres")))?;
             slot.publish(ComputeState::Starting, Some(&pm), None);
             match pm.wait_ready(inner.opts.compute.start_timeout.get()).await {
                 Ok(client) => match self.prepare(&client, endpoint).await {

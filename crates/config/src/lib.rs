@@ -19,6 +19,8 @@ mod names;
 mod policy;
 
 pub use duration::{DurationError, HumanDuration, SuspendTimeout};
-pub use load::{ComputeConfig, Config, ConfigError, EndpointConfig, ManagerConfig, PortRange};
+pub use load::{
+    ComputeConfig, Config, ConfigError, EndpointConfig, ManagerConfig, PortRange, ProxyConfig,
+};
 pub use names::{EndpointName, NameError, RoleName, TenantName};
 pub use policy::{AutosuspendPolicy, KeepWarmWindow, WindowError};

@@ -33,7 +33,7 @@ const ENV_SEPARATOR: &str = "__";
 
 /// Top-level keys of [`Config`]. Only `LAKEBED_*` variables that start with one of these
 /// are read, so unrelated variables (say `LAKEBED_LOG`) don't fail the load as unknown keys.
-const TOP_LEVEL_KEYS: [&str; 4] = ["data_dir", "manager", "compute", "endpoints"];
+const TOP_LEVEL_KEYS: [&str; 5] = ["data_dir", "manager", "compute", "proxy", "endpoints"];
 
 /// Source name for checks on values that no provider can be blamed for.
 const GENERIC_SOURCE: &str = "configuration";
@@ -122,6 +122,8 @@ pub struct Config {
     pub manager: ManagerConfig,
     /// How computes (Postgres processes) are run (`[compute]`).
     pub compute: ComputeConfig,
+    /// The client-facing proxy (`[proxy]`).
+    pub proxy: ProxyConfig,
     /// Per-endpoint settings (`[endpoints.NAME]`); keys must be valid [`EndpointName`]s.
     /// Endpoints not listed use the default policy. Default empty.
     pub endpoints: BTreeMap<EndpointName, EndpointConfig>,
@@ -134,6 +136,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".lakebed"),
             manager: ManagerConfig::default(),
             compute: ComputeConfig::default(),
+            proxy: ProxyConfig::default(),
             endpoints: BTreeMap::new(),
         }
     }
@@ -144,8 +147,8 @@ impl Default for Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ManagerConfig {
     /// Address of the admin HTTP API, `ip:port`. Default `127.0.0.1:6480`. Must be a
-    /// loopback address (`127.0.0.0/8` or `::1`): the admin API has no authentication and
-    /// is loopback-only.
+    /// loopback address (`127.0.0.0/8` or `::1`): the admin API (bearer-token protected)
+    /// is meant for this host only.
     #[serde(deserialize_with = "deserialize_socket_addr")]
     pub listen: SocketAddr,
     /// How often computes are asked for client activity (connection counts), which
@@ -194,6 +197,82 @@ impl Default for ComputeConfig {
             start_timeout: HumanDuration(Duration::from_secs(60)),
             stop_timeout: HumanDuration(Duration::from_secs(30)),
         }
+    }
+}
+
+/// The client-facing proxy (`[proxy]`): where clients connect, TLS, routing and limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where clients connect, `ip:port`. Default `127.0.0.1:6432`.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain for client TLS. Default none: `lakebed up` then makes a
+    /// development CA and certificate in the data directory. Give both or neither of
+    /// `tls_cert` and `tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The domain under which the first label of the TLS server name (SNI) names the
+    /// endpoint: with `db.example.com`, `main.db.example.com` routes to `main`. Default
+    /// `lakebed.localhost`.
+    pub domain: String,
+    /// The endpoint for clients that name none (no SNI label, `options=endpoint=`, or
+    /// `endpoint=NAME;` password prefix). Default `main`; `""` means none: such clients
+    /// get an error that says how to name one.
+    pub default_endpoint: String,
+    /// Refuse clients that do not use TLS. Default: required unless `listen` is a loopback
+    /// address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_tls: Option<bool>,
+    /// Allow cleartext password authentication (needed for the `endpoint=NAME;password`
+    /// form). Only ever offered over TLS. Default `false`.
+    pub allow_cleartext: bool,
+    /// How long a role's SCRAM verifier fetched from the compute manager is reused.
+    /// Default `10s`.
+    pub auth_cache_ttl: HumanDuration,
+    /// How long a client waits for its endpoint's compute to wake before it gets 57P03.
+    /// Default `90s`.
+    pub wake_timeout: HumanDuration,
+    /// Failed authentications allowed per client address and endpoint per minute; more get
+    /// refused until the minute passes. Default `10`.
+    pub auth_failures_per_minute: u32,
+    /// Client connections open at once; the next one gets 53300. Default `10000`.
+    pub max_client_connections: u32,
+}
+
+impl Default for ProxyConfig {
+    /// Loopback port 6432, development TLS, domain `lakebed.localhost`, default endpoint
+    /// `main`, SCRAM only.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 6432)),
+            tls_cert: None,
+            tls_key: None,
+            domain: "lakebed.localhost".to_owned(),
+            default_endpoint: "main".to_owned(),
+            require_tls: None,
+            allow_cleartext: false,
+            auth_cache_ttl: HumanDuration(Duration::from_secs(10)),
+            wake_timeout: HumanDuration(Duration::from_secs(90)),
+            auth_failures_per_minute: 10,
+            max_client_connections: 10_000,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Whether plain (non-TLS) clients are refused: `require_tls`, or by default whenever
+    /// `listen` is not a loopback address.
+    pub fn tls_required(&self) -> bool {
+        self.require_tls.unwrap_or(!self.listen.ip().is_loopback())
+    }
+
+    /// The default endpoint, if one is set.
+    pub fn default_endpoint(&self) -> Option<EndpointName> {
+        self.default_endpoint.parse().ok()
     }
 }
 
@@ -415,6 +494,38 @@ impl Config {
                     m.activity_poll_interval
                 ),
             );
+        }
+        let p = &self.proxy;
+        if p.tls_cert.is_some() != p.tls_key.is_some() {
+            let key = if p.tls_cert.is_some() {
+                "proxy.tls_key"
+            } else {
+                "proxy.tls_cert"
+            };
+            return fail(
+                key,
+                "proxy.tls_cert and proxy.tls_key go together: give both or neither".to_owned(),
+            );
+        }
+        if !p.default_endpoint.is_empty() {
+            if let Err(e) = p.default_endpoint.parse::<EndpointName>() {
+                return fail("proxy.default_endpoint", e.to_string());
+            }
+        }
+        if p.domain.is_empty() || p.domain.starts_with('.') || p.domain.ends_with('.') {
+            return fail(
+                "proxy.domain",
+                format!("{:?} is not a domain like db.example.com", p.domain),
+            );
+        }
+        if p.max_client_connections == 0 {
+            return fail(
+                "proxy.max_client_connections",
+                "must be at least 1".to_owned(),
+            );
+        }
+        if p.wake_timeout.get().is_zero() {
+            return fail("proxy.wake_timeout", "must be more than 0s".to_owned());
         }
         let c = &self.compute;
         if c.os_user.trim().is_empty() {

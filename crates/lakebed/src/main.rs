@@ -11,6 +11,7 @@
 mod cli;
 mod client;
 mod commands;
+mod pki;
 mod up;
 
 use std::process::ExitCode;

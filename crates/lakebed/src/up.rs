@@ -1,19 +1,29 @@
 //! `lakebed up`: the whole stack in one process.
 //!
-//! Opens the compute manager on the data directory (stopping computes a crashed run left
-//! behind), creates tenant `default`, endpoint `main` and role `lakebed` on first start,
-//! creates or updates the endpoints named in the configuration, serves the API and runs the
-//! autosuspend monitor. SIGINT or SIGTERM suspends every compute, then the process exits:
-//! no postgres process is left behind.
+//! Makes the development TLS material ([`crate::pki`]), opens the compute manager on the
+//! data directory (stopping computes a crashed run left behind), creates tenant `default`,
+//! endpoint `main` and role `lakebed` on first start, creates or updates the endpoints named
+//! in the configuration, serves the API, runs the autosuspend monitor and the proxy.
+//! Computes accept only the proxy (its client certificate from the internal CA). SIGINT or
+//! SIGTERM stops the proxy, suspends every compute, then the process exits: no postgres
+//! process is left behind.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use lakebed_compute_manager::{Manager, ManagerError, ManagerOptions, activity, api, verifier};
+use lakebed_compute_manager::{
+    ComputeTls, Manager, ManagerError, ManagerOptions, activity, api, verifier,
+};
 use lakebed_config::{AutosuspendPolicy, Config, EndpointName, RoleName, TenantName};
+use lakebed_proxy::control::ControlPlaneOptions;
+use lakebed_proxy::tls::{TlsServer, compute_client_config};
+use lakebed_proxy::{Proxy, ProxyOptions};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::pki::{self, Pki};
 
 use crate::client::{ADDR_FILE, TOKEN_FILE};
 
@@ -34,7 +44,16 @@ pub async fn run(config: Config) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
-    let manager = Manager::open(ManagerOptions::from_config(&config)).await?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let pki = pki::ensure(&config.data_dir, &config.proxy.domain)?;
+    let mut manager_opts = ManagerOptions::from_config(&config);
+    manager_opts.compute_tls = Some(ComputeTls {
+        ca_cert: pki.internal_ca_cert.clone(),
+        server_cert: pki.compute_cert.clone(),
+        server_key: pki.compute_key.clone(),
+    });
+    let manager = Manager::open(manager_opts).await?;
     let data_dir = manager.data_dir().to_path_buf();
     let token = ensure_token(&data_dir)?;
     let first = bootstrap(&manager, &config).await?;
@@ -48,20 +67,64 @@ pub async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("writing {}", addr_file.display()))?;
 
     let monitor = activity::spawn_monitor(manager.clone());
-    let server = tokio::spawn(api::serve(listener, manager.clone(), token));
+    let server = tokio::spawn(api::serve(listener, manager.clone(), token.clone()));
 
-    print_banner(&manager, &data_dir, api_addr, first.as_deref())?;
+    let proxy = start_proxy(&config, &pki, format!("http://{api_addr}"), token).await?;
+    let proxy_addr = proxy.local_addr();
+    let stop_proxy = CancellationToken::new();
+    let proxy_task = tokio::spawn(proxy.serve(stop_proxy.clone()));
+
+    print_banner(
+        &manager,
+        &config,
+        &pki,
+        &data_dir,
+        api_addr,
+        proxy_addr,
+        first.as_deref(),
+    )?;
 
     tokio::select! {
         _ = sigint.recv() => tracing::info!("SIGINT: suspending every compute"),
         _ = sigterm.recv() => tracing::info!("SIGTERM: suspending every compute"),
     }
+    stop_proxy.cancel();
+    let _ = proxy_task.await;
     manager.shutdown().await;
     let _ = monitor.await;
     let _ = server.await;
     let _ = std::fs::remove_file(&addr_file);
     println!("Lakebed stopped; every compute is suspended.");
     Ok(())
+}
+
+/// Binds the proxy with TLS for clients (configured, else the development certificate) and
+/// the internal client certificate toward computes.
+async fn start_proxy(
+    config: &Config,
+    pki: &Pki,
+    manager_url: String,
+    token: String,
+) -> Result<Proxy> {
+    let (cert, key) = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => (pki.proxy_cert.clone(), pki.proxy_key.clone()),
+    };
+    let tls = TlsServer::load(&cert, &key)?;
+    let compute_tls = compute_client_config(
+        &pki.internal_ca_cert,
+        &pki.proxy_client_cert,
+        &pki.proxy_client_key,
+    )?;
+    let control = ControlPlaneOptions {
+        base_url: manager_url,
+        token,
+        secret_ttl: config.proxy.auth_cache_ttl.get(),
+    };
+    let opts = ProxyOptions::from_config(&config.proxy, control, Some(tls), Some(compute_tls));
+    Proxy::bind(opts)
+        .await
+        .with_context(|| format!("proxy.listen: cannot listen on {}", config.proxy.listen))
 }
 
 /// Reads the admin token, creating it (mode 0600) on first start.
@@ -132,12 +195,20 @@ async fn bootstrap(manager: &Manager, config: &Config) -> Result<Option<String>>
 
 fn print_banner(
     manager: &Manager,
+    config: &Config,
+    pki: &Pki,
     data_dir: &Path,
     api_addr: std::net::SocketAddr,
+    proxy_addr: std::net::SocketAddr,
     password: Option<&str>,
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "Lakebed is up. Data in {}", data_dir.display())?;
+    writeln!(
+        out,
+        "  proxy      {proxy_addr}  (TLS optional on loopback; CA: {})",
+        pki.ca_cert.display()
+    )?;
     writeln!(
         out,
         "  API        http://{api_addr}  (admin token in {})",
@@ -146,7 +217,7 @@ fn print_banner(
     for ep in manager.list()? {
         writeln!(
             out,
-            "  endpoint   {} ({})",
+            "  endpoint   {} (suspend after {} idle)",
             ep.record.name, ep.record.policy.suspend_timeout
         )?;
     }
@@ -167,15 +238,22 @@ fn print_banner(
             "  role       {DEFAULT_ROLE} (password shown at first start; `lakebed role password {DEFAULT_ROLE}` sets a new one)"
         )?,
     }
-    writeln!(out, "Connect:")?;
+    let (host, port) = (proxy_addr.ip(), proxy_addr.port());
+    let credentials = match password {
+        Some(pw) => format!("{DEFAULT_ROLE}:{pw}"),
+        None => DEFAULT_ROLE.to_owned(),
+    };
+    writeln!(out, "Connect (the endpoint wakes on connect):")?;
     writeln!(
         out,
-        "  lakebed endpoint wake {DEFAULT_ENDPOINT}      # starts the compute, prints HOST:PORT"
+        "  psql \"postgres://{credentials}@{host}:{port}/postgres\""
     )?;
+    writeln!(out, "Verified TLS, endpoint named by SNI:")?;
     writeln!(
         out,
-        "  psql \"host=HOST port=PORT dbname=postgres user={DEFAULT_ROLE} password={}\"",
-        password.unwrap_or("...")
+        "  psql \"host={DEFAULT_ENDPOINT}.{} hostaddr={host} port={port} user={DEFAULT_ROLE} dbname=postgres sslmode=verify-full sslrootcert={}\"",
+        config.proxy.domain,
+        pki.ca_cert.display()
     )?;
     writeln!(out, "Ctrl-C suspends every compute and stops.")?;
     out.flush()?;

@@ -1,1 +1,458 @@
-//! End-to-end tests live in `tests/`; this library is empty.
+//! A small harness for Lakebed's end-to-end tests (in `tests/`).
+//!
+//! Everything here drives real parts: Debian's PostgreSQL started by the real compute
+//! manager, the real `lakebed` binary, and real clients (tokio-postgres, `psql`).
+//!
+//! - [`DataDir`]: a temporary data directory whose `Drop` SIGKILLs every postgres still
+//!   serving a PGDATA under it, so a failing assertion never leaves a compute behind.
+//! - [`open_manager`], [`create_endpoint`], [`wait_status`]: the compute manager as a
+//!   library, with state changes awaited through [`Manager::subscribe`].
+//! - [`LakebedUp`], [`lakebed`]: the binary, as `lakebed up` (killed on drop) and as CLI
+//!   commands run to completion.
+//! - [`postmasters_serving`], [`process_alive`]: what `/proc` says runs.
+//!
+//! Every wait has a deadline ([`DEADLINE`]): a bug fails a test instead of hanging it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use lakebed_compute_manager::compute::ComputeStatus;
+use lakebed_compute_manager::{Manager, ManagerOptions};
+use lakebed_config::{
+    AutosuspendPolicy, Config, EndpointName, HumanDuration, PortRange, TenantName,
+};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::watch;
+use tokio::time::timeout;
+use tokio_postgres::{Client, NoTls};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// How often the autosuspend monitor polls in tests.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The suspend timeout used by tests that exercise autosuspend.
+pub const SUSPEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Monitor checks that cover a whole [`SUSPEND_TIMEOUT`] with margin: a compute still up
+/// after this many more checks was not suspended by a timeout that had run out.
+pub fn checks_past_timeout() -> u64 {
+    SUSPEND_TIMEOUT
+        .as_millis()
+        .div_ceil(POLL_INTERVAL.as_millis()) as u64
+        + 3
+}
+
+/// A temporary Lakebed data directory. Dropping it kills (SIGKILL) every postgres process
+/// whose `-D` is under it, then removes it.
+pub struct DataDir {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DataDir {
+    /// Creates an empty data directory under the system temp dir.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("lakebed-test-")
+            .tempdir()
+            .expect("create a temp dir");
+        let path = dir
+            .path()
+            .canonicalize()
+            .expect("canonicalize the temp dir");
+        Self { path, _dir: dir }
+    }
+
+    /// The data directory (absolute, canonical).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The PGDATA of endpoint `name`.
+    pub fn pgdata(&self, name: &str) -> PathBuf {
+        self.path.join("endpoints").join(name).join("pgdata")
+    }
+}
+
+impl Default for DataDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        for pid in postmasters_under(&self.path) {
+            // Postmasters lead their own process group: take their children with them.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The command line of every process, as `(pid, argv)`. Zombies have an empty argv.
+fn processes() -> Vec<(u32, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+            let argv = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            Some((pid, argv))
+        })
+        .collect()
+}
+
+/// Pids of postgres processes started with `-D <dir>` where `<dir>` satisfies `pred`.
+fn postgres_with_datadir(pred: impl Fn(&Path) -> bool) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(_, argv)| {
+            argv.first().is_some_and(|a| a.ends_with("/postgres"))
+                && argv
+                    .windows(2)
+                    .any(|w| w[0] == "-D" && pred(Path::new(&w[1])))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Pids of the postmasters serving exactly `pgdata` (found by their `-D` argument).
+pub fn postmasters_serving(pgdata: &Path) -> Vec<u32> {
+    postgres_with_datadir(|d| d == pgdata)
+}
+
+/// Pids of the postmasters serving any PGDATA under `data_dir`.
+pub fn postmasters_under(data_dir: &Path) -> Vec<u32> {
+    postgres_with_datadir(|d| d.starts_with(data_dir))
+}
+
+/// Whether `pid` is a live process (present in `/proc` and not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Manager options for `data_dir` with test settings: the configuration's defaults, but
+/// automatic ports and a [`POLL_INTERVAL`] monitor poll.
+pub fn manager_options(data_dir: &Path) -> ManagerOptions {
+    let mut config = Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Config::default()
+    };
+    config.compute.port_range = PortRange::Auto;
+    config.manager.activity_poll_interval = HumanDuration(POLL_INTERVAL);
+    ManagerOptions::from_config(&config)
+}
+
+/// Opens a compute manager on `dir` with test settings: automatic ports, a 100ms monitor
+/// poll, default binaries and OS user. `adjust` may change the options first.
+pub async fn open_manager(dir: &DataDir, adjust: impl FnOnce(&mut ManagerOptions)) -> Manager {
+    let mut opts = manager_options(dir.path());
+    adjust(&mut opts);
+    Manager::open(opts).await.expect("open the compute manager")
+}
+
+/// Creates tenant `default` (if needed) and endpoint `name` with `policy`; returns its name.
+pub fn create_endpoint(manager: &Manager, name: &str, policy: AutosuspendPolicy) -> EndpointName {
+    let tenant: TenantName = "default".parse().expect("tenant name");
+    manager
+        .catalog()
+        .ensure_tenant(&tenant)
+        .expect("create tenant default");
+    let name: EndpointName = name.parse().expect("endpoint name");
+    manager
+        .create_endpoint(&name, &tenant, &policy)
+        .expect("create the endpoint");
+    name
+}
+
+/// An autosuspend policy: `suspend_timeout` and keep-warm windows, parsed from text.
+pub fn policy(suspend_timeout: &str, keep_warm: &[&str]) -> AutosuspendPolicy {
+    AutosuspendPolicy {
+        suspend_timeout: suspend_timeout.parse().expect("suspend timeout"),
+        keep_warm: keep_warm
+            .iter()
+            .map(|w| w.parse().expect("keep-warm window"))
+            .collect(),
+    }
+}
+
+/// Waits (at most [`DEADLINE`]) until the status satisfies `pred`, and returns it. Panics
+/// naming `what` and showing the last status if the deadline passes.
+pub async fn wait_status(
+    rx: &mut watch::Receiver<ComputeStatus>,
+    what: &str,
+    pred: impl FnMut(&ComputeStatus) -> bool,
+) -> ComputeStatus {
+    let seen = timeout(DEADLINE, rx.wait_for(pred))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match seen {
+        Ok(Ok(status)) => status,
+        Ok(Err(_)) => panic!("status channel closed while waiting for {what}"),
+        Err(_) => panic!(
+            "timed out after {DEADLINE:?} waiting for {what}; last status: {:#?}",
+            *rx.borrow()
+        ),
+    }
+}
+
+/// Connects to a compute over TCP with a password, as `user`, to database `postgres`.
+pub async fn connect(
+    address: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(address.ip().to_string())
+        .port(address.port())
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(10));
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The `lakebed` binary: `$TEST_LAKEBED_BIN`, else `<target>/debug/lakebed` of this
+/// workspace. Panics with what to do if it is missing.
+pub fn lakebed_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TEST_LAKEBED_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let bin = target.join("debug/lakebed");
+    assert!(
+        bin.is_file(),
+        "the lakebed binary is missing at {}: run `cargo build -p lakebed` first; scripts/test \
+         does (or set TEST_LAKEBED_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `lakebed` command with `--data-dir dir`, run in `dir` (so no stray `./lakebed.toml` is
+/// read), with no `LAKEBED_*` variable inherited from the test's environment.
+fn lakebed_command(dir: &DataDir) -> Command {
+    let mut cmd = Command::new(lakebed_bin());
+    cmd.arg("--data-dir").arg(dir.path());
+    cmd.current_dir(dir.path());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LAKEBED_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// What a finished `lakebed` command did.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// The exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Standard output, after asserting the command succeeded.
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, Some(0), "lakebed failed: {self:#?}");
+        self.stdout
+    }
+
+    /// Standard output parsed as JSON, after asserting the command succeeded.
+    pub fn json(self) -> serde_json::Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// Standard error, after asserting the command failed with exit code 1.
+    pub fn err(self) -> String {
+        assert_eq!(self.code, Some(1), "lakebed should have failed: {self:#?}");
+        self.stderr
+    }
+}
+
+/// Runs `lakebed --data-dir dir ARGS` to completion (at most [`DEADLINE`]).
+pub async fn lakebed(dir: &DataDir, args: &[&str]) -> CliOutput {
+    lakebed_with_stdin(dir, args, "").await
+}
+
+/// Runs `lakebed --data-dir dir ARGS` with `stdin` as its standard input.
+pub async fn lakebed_with_stdin(dir: &DataDir, args: &[&str], stdin: &str) -> CliOutput {
+    let mut cmd = lakebed_command(dir);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn lakebed");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write lakebed's stdin");
+    drop(input);
+    let out = timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("lakebed {args:?} did not finish within {DEADLINE:?}"))
+        .expect("wait for lakebed");
+    CliOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A running `lakebed up`. Dropping it SIGKILLs the process (the [`DataDir`], dropped
+/// after it, kills the computes).
+pub struct LakebedUp {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    log: PathBuf,
+    /// The API's base URL, from the banner, e.g. `http://127.0.0.1:41234`.
+    pub api_url: String,
+    /// The generated password of role `lakebed`, printed only at the first start.
+    pub password: Option<String>,
+}
+
+impl LakebedUp {
+    /// Starts `lakebed up` on `dir` with the API (and proxy) on free loopback ports and waits (at most
+    /// [`DEADLINE`]) for its banner. Its log (stderr) goes to a file beside `dir`.
+    pub async fn start(dir: &DataDir) -> Self {
+        let log = dir.path().with_extension(format!(
+            "up-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
+        let log_file = std::fs::File::create(&log).expect("create the log file");
+        let mut child = lakebed_command(dir)
+            .arg("up")
+            .env("LAKEBED_MANAGER__LISTEN", "127.0.0.1:0")
+            // Ignored until the proxy is part of `lakebed up`; then it keeps parallel tests
+            // (and a developer's own stack) from fighting over the default proxy port.
+            .env("LAKEBED_PROXY__LISTEN", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn lakebed up");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let mut up = Self {
+            child,
+            stdout,
+            log,
+            api_url: String::new(),
+            password: None,
+        };
+        up.read_banner().await;
+        up
+    }
+
+    /// Reads banner lines up to its last (`Ctrl-C suspends ...`), noting the API address and
+    /// the password.
+    async fn read_banner(&mut self) {
+        let mut banner = String::new();
+        while let Some(line) = self.next_line().await {
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(rest) = line.trim_start().strip_prefix("API") {
+                let url = rest.split_whitespace().next().unwrap_or_default();
+                self.api_url = url.to_owned();
+            }
+            if let Some(rest) = line
+                .trim_start()
+                .strip_prefix("role       lakebed, password ")
+            {
+                self.password = Some(rest.trim().to_owned());
+            }
+            if line.starts_with("Ctrl-C suspends") {
+                assert!(
+                    self.api_url.starts_with("http://127.0.0.1:"),
+                    "no API address in the banner:\n{banner}"
+                );
+                return;
+            }
+        }
+        panic!(
+            "lakebed up ended before printing its banner; stdout:\n{banner}\nlog:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// The next line of standard output (at most [`DEADLINE`]); `None` at its end.
+    pub async fn next_line(&mut self) -> Option<String> {
+        match timeout(DEADLINE, self.stdout.next_line()).await {
+            Ok(line) => line.expect("read lakebed up's stdout"),
+            Err(_) => panic!(
+                "lakebed up printed nothing for {DEADLINE:?}; log:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("lakebed up is running")
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal lakebed up");
+    }
+
+    /// Waits (at most [`DEADLINE`]) for the process to exit.
+    pub async fn wait(&mut self) -> ExitStatus {
+        match timeout(DEADLINE, self.child.wait()).await {
+            Ok(status) => status.expect("wait for lakebed up"),
+            Err(_) => panic!(
+                "lakebed up did not exit within {DEADLINE:?}; log:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    /// What `lakebed up` logged so far (its stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LakebedUp {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!("--- lakebed up log ---\n{}", self.log_text());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

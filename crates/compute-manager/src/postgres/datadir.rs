@@ -3,6 +3,9 @@
 //! ```text
 //! <data_dir>/endpoints/<endpoint>/      root-owned, 0711 (the compute user may pass through)
 //!     pgdata/                           the compute user's, 0700: PostgreSQL's data directory
+//!         lakebed-ca.pem                with `ComputeTls` only, copied at each boot (0600):
+//!         lakebed-server.pem            the CA that client certificates must chain to, and
+//!         lakebed-server.key            the compute's certificate and key
 //!     pgdata.initdb/                    only while initdb runs; removed on failure
 //!     run/                              the compute user's, 0700: the Unix socket
 //!     postgres.log                      root-owned, 0600: stderr of this boot's postmaster
@@ -12,12 +15,22 @@
 //!
 //! # Who can log in
 //!
-//! `pg_hba.conf` is rewritten at every boot:
-//! - the system role logs in only over the Unix socket, by `peer` authentication mapped
-//!   (`pg_ident.conf`) from the manager's own OS user; the socket's directory is 0700, and
-//!   no password exists that could leak;
-//! - every other role logs in over loopback TCP with SCRAM-SHA-256 against the verifier the
-//!   catalog gave it; nothing else is accepted.
+//! `pg_hba.conf` is rewritten at every boot. In both modes the system role logs in only over
+//! the Unix socket, by `peer` authentication mapped (`pg_ident.conf`) from the manager's own
+//! OS user; the socket's directory is 0700, and no password exists that could leak. Catalog
+//! roles log in over loopback TCP, and how depends on
+//! [`ManagerOptions::compute_tls`](crate::ManagerOptions::compute_tls):
+//! - **with [`ComputeTls`]** (Postgres runs with `ssl=on`): only over TLS, only with a client
+//!   certificate that chains to `ComputeTls::ca_cert` (`clientcert=verify-ca`), and only with
+//!   the role's SCRAM-SHA-256 password, all three (`hostssl ... scram-sha-256
+//!   clientcert=verify-ca`). Only the proxy holds such a certificate, so **nothing but the
+//!   proxy can log in**: a local process that learnt a password is still refused, with or
+//!   without TLS;
+//! - **without it**: with SCRAM-SHA-256 against the verifier the catalog gave the role,
+//!   over plain TCP (`host ... scram-sha-256`), so any local process that knows the password
+//!   can.
+//!
+//! Nothing else is accepted.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -26,7 +39,14 @@ use std::process::Stdio;
 use lakebed_config::EndpointName;
 
 use super::{OsUser, PgInstall, SYSTEM_ROLE};
-use crate::ManagerError;
+use crate::{ComputeTls, ManagerError};
+
+/// In PGDATA, with [`ComputeTls`]: the CA that client certificates must chain to.
+pub(crate) const TLS_CA_FILE: &str = "lakebed-ca.pem";
+/// In PGDATA, with [`ComputeTls`]: the compute's server certificate.
+pub(crate) const TLS_CERT_FILE: &str = "lakebed-server.pem";
+/// In PGDATA, with [`ComputeTls`]: the compute's private key.
+pub(crate) const TLS_KEY_FILE: &str = "lakebed-server.key";
 
 /// Paths of one endpoint's files.
 #[derive(Debug, Clone)]
@@ -145,22 +165,62 @@ impl EndpointDir {
         std::fs::rename(&scratch, self.pgdata()).map_err(ManagerError::io(self.pgdata()))
     }
 
+    /// Copies the [`ComputeTls`] files into PGDATA ([`TLS_CA_FILE`], [`TLS_CERT_FILE`],
+    /// [`TLS_KEY_FILE`]; 0600, owned by `user`), or removes copies a previous boot left when
+    /// `tls` is `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Io`] naming the file that could not be read or written.
+    pub fn install_tls(&self, tls: Option<&ComputeTls>, user: &OsUser) -> Result<(), ManagerError> {
+        let pgdata = self.pgdata();
+        let Some(tls) = tls else {
+            for name in [TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE] {
+                let path = pgdata.join(name);
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(ManagerError::io(&path)(e));
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        };
+        for (source, name) in [
+            (&tls.ca_cert, TLS_CA_FILE),
+            (&tls.server_cert, TLS_CERT_FILE),
+            (&tls.server_key, TLS_KEY_FILE),
+        ] {
+            let bytes = std::fs::read(source).map_err(ManagerError::io(source))?;
+            write_private(&pgdata.join(name), &bytes, user)?;
+        }
+        Ok(())
+    }
+
     /// Rewrites `pg_hba.conf` and `pg_ident.conf` (see the module docs): the system role by
-    /// peer over the socket from `manager_os_user`, everyone else by SCRAM over loopback.
+    /// peer over the socket from `manager_os_user`; everyone else over loopback TCP by SCRAM,
+    /// and with `tls` also only over TLS with a client certificate signed by the CA that
+    /// [`Self::install_tls`] installed.
     pub fn write_access_rules(
         &self,
         user: &OsUser,
         manager_os_user: &str,
+        tls: bool,
     ) -> Result<(), ManagerError> {
         let pgdata = self.pgdata();
+        let (tcp, options) = if tls {
+            ("hostssl", " clientcert=verify-ca")
+        } else {
+            ("host   ", "")
+        };
         let hba = format!(
             "# Written by Lakebed at each boot; edits are overwritten.\n\
              # TYPE  DATABASE  USER             ADDRESS        METHOD\n\
              local   all       {SYSTEM_ROLE}   peer map=lakebed\n\
              local   all       all              reject\n\
              host    all       {SYSTEM_ROLE}   all            reject\n\
-             host    all       all              127.0.0.1/32   scram-sha-256\n\
-             host    all       all              ::1/128        scram-sha-256\n"
+             {tcp} all       all              127.0.0.1/32   scram-sha-256{options}\n\
+             {tcp} all       all              ::1/128        scram-sha-256{options}\n"
         );
         let ident = format!(
             "# Written by Lakebed at each boot; edits are overwritten.\n\
@@ -168,13 +228,26 @@ impl EndpointDir {
              lakebed    {manager_os_user}  {SYSTEM_ROLE}\n"
         );
         for (name, text) in [("pg_hba.conf", hba), ("pg_ident.conf", ident)] {
-            let path = pgdata.join(name);
-            std::fs::write(&path, text).map_err(ManagerError::io(&path))?;
-            set_mode(&path, 0o600)?;
-            user.own(&path)?;
+            write_private(&pgdata.join(name), text.as_bytes(), user)?;
         }
         Ok(())
     }
+}
+
+/// Writes `bytes` to `path` (created 0600, never readable by others), then gives it to `user`.
+fn write_private(path: &Path, bytes: &[u8], user: &OsUser) -> Result<(), ManagerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(ManagerError::io(path))?;
+    set_mode(path, 0o600)?;
+    user.own(path)
 }
 
 /// Removes a directory tree; a missing one is fine.

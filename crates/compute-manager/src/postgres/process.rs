@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
 
-use super::datadir::tail_lines;
+use super::datadir::{TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, tail_lines};
 use super::{EndpointDir, OsUser, PgInstall, SYSTEM_ROLE};
 
 /// Why a postmaster did not come up.
@@ -43,6 +43,9 @@ impl Postmaster {
     /// Unix socket in `dir`'s run directory, with stderr going to `dir`'s log file. Returns once
     /// the process is spawned; call [`Self::wait_ready`] next.
     ///
+    /// With `tls`, Postgres runs with `ssl=on` and the certificate, key and client CA that
+    /// [`EndpointDir::install_tls`] copied into PGDATA.
+    ///
     /// The postmaster gets its own process group, so a Ctrl-C at the terminal reaches only
     /// Lakebed, which then shuts computes down in order.
     pub fn spawn(
@@ -51,6 +54,7 @@ impl Postmaster {
         dir: &EndpointDir,
         cluster_name: &str,
         port: u16,
+        tls: bool,
     ) -> std::io::Result<Self> {
         let log_file = dir.log_file();
         let log = std::fs::OpenOptions::new()
@@ -68,8 +72,20 @@ impl Postmaster {
             .arg(format!("unix_socket_directories={}", run_dir.display()))
             .args(["-c", "unix_socket_permissions=0700"])
             .args(["-c", "password_encryption=scram-sha-256"])
-            .args(["-c", &format!("cluster_name={cluster_name}")])
-            .current_dir(dir.root())
+            .args(["-c", &format!("cluster_name={cluster_name}")]);
+        if tls {
+            let pgdata = dir.pgdata();
+            cmd.args(["-c", "ssl=on"]);
+            for (setting, file) in [
+                ("ssl_cert_file", TLS_CERT_FILE),
+                ("ssl_key_file", TLS_KEY_FILE),
+                ("ssl_ca_file", TLS_CA_FILE),
+            ] {
+                cmd.arg("-c")
+                    .arg(format!("{setting}={}", pgdata.join(file).display()));
+            }
+        }
+        cmd.current_dir(dir.root())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,0 +1,182 @@
+//! The proxy's client for the compute manager's HTTP API: role secrets (cached briefly)
+//! and wakes. The proxy holds the admin bearer token.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lakebed_config::{EndpointName, RoleName};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use crate::error::ProxyError;
+use crate::scram::ScramSecret;
+
+/// Where the compute manager's API is and how to authenticate to it.
+#[derive(Clone)]
+pub struct ControlPlaneOptions {
+    /// Base URL, e.g. `http://127.0.0.1:6480`.
+    pub base_url: String,
+    /// The admin bearer token.
+    pub token: String,
+    /// How long a fetched role secret is reused.
+    pub secret_ttl: Duration,
+}
+
+impl std::fmt::Debug for ControlPlaneOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneOptions")
+            .field("base_url", &self.base_url)
+            .field("secret_ttl", &self.secret_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+type CacheKey = (EndpointName, RoleName);
+
+/// The compute manager, as the proxy sees it.
+pub struct ControlPlane {
+    opts: ControlPlaneOptions,
+    http: reqwest::Client,
+    secrets: Mutex<HashMap<CacheKey, (Arc<ScramSecret>, Instant)>>,
+}
+
+#[derive(Deserialize)]
+struct SecretAnswer {
+    verifier: String,
+}
+
+#[derive(Deserialize)]
+struct WakeAnswer {
+    address: SocketAddr,
+}
+
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+}
+
+impl ControlPlane {
+    /// A client for `opts`.
+    pub fn new(opts: ControlPlaneOptions) -> Self {
+        Self {
+            opts,
+            http: reqwest::Client::new(),
+            secrets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.opts.base_url.trim_end_matches('/'))
+    }
+
+    /// The SCRAM secret of `role` on `endpoint`; `Ok(None)` if either does not exist.
+    /// Found secrets are cached for the configured TTL; absences are not, so a role
+    /// created a moment ago can log in at once.
+    ///
+    /// # Errors
+    ///
+    /// [`ProxyError::ControlPlane`] if the manager is unreachable or answers garbage.
+    pub async fn role_secret(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+    ) -> Result<Option<Arc<ScramSecret>>, ProxyError> {
+        let key = (endpoint.clone(), role.clone());
+        if let Some((secret, at)) = self.lock().get(&key) {
+            if at.elapsed() < self.opts.secret_ttl {
+                return Ok(Some(secret.clone()));
+            }
+        }
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/endpoints/{endpoint}/roles/{role}/secret")))
+            .bearer_auth(&self.opts.token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| ProxyError::ControlPlane(e.to_string()))?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => return Ok(None),
+            s if !s.is_success() => {
+                return Err(ProxyError::ControlPlane(format!("secret lookup: HTTP {s}")));
+            }
+            _ => {}
+        }
+        let answer: SecretAnswer = resp
+            .json()
+            .await
+            .map_err(|e| ProxyError::ControlPlane(format!("secret lookup: {e}")))?;
+        let secret = Arc::new(ScramSecret::parse(&answer.verifier).ok_or_else(|| {
+            ProxyError::ControlPlane("secret lookup: not a SCRAM-SHA-256 verifier".into())
+        })?);
+        self.lock().insert(key, (secret.clone(), Instant::now()));
+        Ok(Some(secret))
+    }
+
+    /// Forgets a cached secret (the compute refused it: the password changed).
+    pub fn invalidate(&self, endpoint: &EndpointName, role: &RoleName) {
+        self.lock().remove(&(endpoint.clone(), role.clone()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, (Arc<ScramSecret>, Instant)>> {
+        self.secrets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the endpoint and returns its compute's address, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProxyError::WakeFailed`] with the manager's reason (first line only: the log
+    /// tail stays with the operator), or [`ProxyError::ControlPlane`].
+    pub async fn wake(
+        &self,
+        endpoint: &EndpointName,
+        timeout: Duration,
+    ) -> Result<SocketAddr, ProxyError> {
+        let resp = self
+            .http
+            .post(self.url(&format!("/v1/endpoints/{endpoint}/wake")))
+            .bearer_auth(&self.opts.token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    ProxyError::WakeFailed {
+                        endpoint: endpoint.to_string(),
+                        reason: format!("compute not ready after {}s", timeout.as_secs()),
+                    }
+                } else {
+                    ProxyError::ControlPlane(e.to_string())
+                }
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            let answer: WakeAnswer = resp
+                .json()
+                .await
+                .map_err(|e| ProxyError::ControlPlane(format!("wake: {e}")))?;
+            return Ok(answer.address);
+        }
+        let body: Option<ErrorAnswer> = resp.json().await.ok();
+        match body {
+            Some(ErrorAnswer { error })
+                if error.code != "internal" && error.code != "unauthorized" =>
+            {
+                Err(ProxyError::WakeFailed {
+                    endpoint: endpoint.to_string(),
+                    reason: error.message.lines().next().unwrap_or_default().to_owned(),
+                })
+            }
+            _ => Err(ProxyError::ControlPlane(format!("wake: HTTP {status}"))),
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The accept loop and the life of one client connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lakebed_config::{EndpointName, ProxyConfig};
+use rustls::ClientConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, field};
+
+use crate::auth::{AuthContext, Authenticated, authenticate};
+use crate::cancel::{CancelGuard, CancelMap};
+use crate::compute::{self, ComputeConn, ConnectError};
+use crate::control::{ControlPlane, ControlPlaneOptions};
+use crate::error::ProxyError;
+use crate::handshake::{Handshake, handshake};
+use crate::pqproto::{PROTOCOL_MINOR, StartupParams, be};
+use crate::rate_limit::AuthFailureLimiter;
+use crate::routing;
+use crate::scram::KEY_LEN;
+use crate::stream::{PqStream, Stream};
+use crate::tls::TlsServer;
+
+/// Startup phase and authentication together may take this long, as Postgres's
+/// `authentication_timeout` (default 1 min).
+const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything the proxy needs to run.
+pub struct ProxyOptions {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// TLS for clients; `None` answers `N` to `SSLRequest`.
+    pub tls: Option<TlsServer>,
+    /// Refuse clients without TLS.
+    pub require_tls: bool,
+    /// Allow cleartext passwords (over TLS only).
+    pub allow_cleartext: bool,
+    /// SNI domain.
+    pub domain: String,
+    /// Endpoint for clients that name none.
+    pub default_endpoint: Option<EndpointName>,
+    /// How long a client waits for its compute.
+    pub wake_timeout: Duration,
+    /// Failed authentications per address and endpoint per minute.
+    pub auth_failures_per_minute: u32,
+    /// Client connections at once.
+    pub max_client_connections: usize,
+    /// The compute manager.
+    pub control: ControlPlaneOptions,
+    /// TLS (with the proxy's client certificate) toward computes; `None` = plain TCP.
+    pub compute_tls: Option<Arc<ClientConfig>>,
+}
+
+impl ProxyOptions {
+    /// Options from the `[proxy]` configuration plus what `lakebed up` (or a deployment)
+    /// supplies: the control plane, client TLS and compute TLS.
+    pub fn from_config(
+        cfg: &ProxyConfig,
+        control: ControlPlaneOptions,
+        tls: Option<TlsServer>,
+        compute_tls: Option<Arc<ClientConfig>>,
+    ) -> Self {
+        Self {
+            listen: cfg.listen,
+            require_tls: cfg.tls_required(),
+            allow_cleartext: cfg.allow_cleartext,
+            domain: cfg.domain.clone(),
+            default_endpoint: cfg.default_endpoint(),
+            wake_timeout: cfg.wake_timeout.get(),
+            auth_failures_per_minute: cfg.auth_failures_per_minute,
+            max_client_connections: cfg.max_client_connections as usize,
+            control,
+            tls,
+            compute_tls,
+        }
+    }
+}
+
+struct Shared {
+    opts: ProxyOptions,
+    control: ControlPlane,
+    cancel: Arc<CancelMap>,
+    limiter: AuthFailureLimiter,
+    mock_key: [u8; KEY_LEN],
+    slots: Arc<Semaphore>,
+}
+
+/// A bound proxy, ready to serve.
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Binds the listener.
+    ///
+    /// # Errors
+    ///
+    /// The bind error (address in use, permission).
+    pub async fn bind(mut opts: ProxyOptions) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(opts.listen).await?;
+        opts.listen = listener.local_addr()?;
+        let mut mock_key = [0u8; KEY_LEN];
+        rand::Rng::fill(&mut rand::rng(), &mut mock_key[..]);
+        let shared = Arc::new(Shared {
+            control: ControlPlane::new(opts.control.clone()),
+            cancel: Arc::new(CancelMap::default()),
+            limiter: AuthFailureLimiter::new(opts.auth_failures_per_minute),
+            slots: Arc::new(Semaphore::new(opts.max_client_connections)),
+            mock_key,
+            opts,
+        });
+        Ok(Self { listener, shared })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.opts.listen
+    }
+
+    /// Accepts connections until `shutdown` is cancelled. Sessions already running go on
+    /// until their client or compute ends them.
+    pub async fn serve(self, shutdown: CancellationToken) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let permit = self.shared.slots.clone().try_acquire_owned().ok();
+            let shared = self.shared.clone();
+            let span = tracing::info_span!("conn", %peer, ep = field::Empty, role = field::Empty);
+            tokio::spawn(handle(shared, tcp, peer, permit).instrument(span));
+        }
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let started = timeout(AUTH_TIMEOUT, handshake(tcp, shared.opts.tls.as_ref())).await;
+    let (mut stream, minor, params, server_name) = match started {
+        Err(_) => return,
+        Ok(Ok(Handshake::Cancel(key))) => {
+            shared.cancel.cancel(key).await;
+            return;
+        }
+        Ok(Ok(Handshake::Startup {
+            stream,
+            minor,
+            params,
+            server_name,
+        })) => (stream, minor, params, server_name),
+        Ok(Err(failed)) => {
+            tracing::info!(error = %failed.error, "startup failed");
+            if let Some(mut s) = failed.stream {
+                report(&mut s, &failed.error).await;
+            }
+            return;
+        }
+    };
+    let result = match permit {
+        Some(permit) => setup(&shared, &mut stream, peer, minor, params, server_name)
+            .await
+            .map(|session| (session, permit)),
+        None => Err(ProxyError::TooManyConnections),
+    };
+    match result {
+        Ok((session, _permit)) => relay(stream, session).await,
+        Err(e @ ProxyError::ClientIo(_)) => tracing::debug!(error = %e, "client went away"),
+        Err(e) => {
+            if e.is_client_error() {
+                tracing::info!(error = %e, "connection refused");
+            } else {
+                tracing::warn!(error = %e, "connection failed");
+            }
+            report(&mut stream, &e).await;
+        }
+    }
+}
+
+/// Sends `e` as a FATAL `ErrorResponse`, if anything can be sent.
+async fn report(stream: &mut PqStream<Stream>, e: &ProxyError) {
+    if let ProxyError::Upstream(raw) = e {
+        stream.write_raw(raw);
+    } else if let Some(code) = e.sqlstate() {
+        be::fatal(stream.out(), code, &e.client_message());
+    } else {
+        return;
+    }
+    let _ = timeout(Duration::from_secs(5), stream.flush()).await;
+}
+
+/// An authenticated client's compute connection, ready to relay.
+struct Session {
+    conn: ComputeConn,
+    /// Forgets the client's cancel key when the session ends.
+    _cancel: CancelGuard,
+}
+
+/// Everything between the `StartupMessage` and the relay: TLS policy, protocol
+/// negotiation, routing, authentication, wake and compute login. On success the client has
+/// received the compute's `ParameterStatus` messages, our `BackendKeyData` and
+/// `ReadyForQuery`.
+async fn setup(
+    shared: &Shared,
+    stream: &mut PqStream<Stream>,
+    peer: SocketAddr,
+    minor: u16,
+    params: StartupParams,
+    server_name: Option<String>,
+) -> Result<Session, ProxyError> {
+    let opts = &shared.opts;
+    let tls = stream.get_ref().is_tls();
+    if opts.require_tls && !tls {
+        return Err(ProxyError::TlsRequired);
+    }
+    let unrecognized: Vec<&str> = params
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
+    if minor > PROTOCOL_MINOR || !unrecognized.is_empty() {
+        be::negotiate_protocol_version(stream.out(), PROTOCOL_MINOR, &unrecognized);
+    }
+    let user = params
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            ProxyError::InvalidName("no PostgreSQL user name specified in startup packet".into())
+        })?
+        .to_owned();
+    let options = routing::split_options(params.get("options").unwrap_or_default())?;
+    let endpoint = routing::merge(
+        routing::from_sni(server_name.as_deref(), &opts.domain)?,
+        options.endpoint,
+    )?;
+
+    let tls_end_point = match (tls, &opts.tls) {
+        (true, Some(t)) => Some(t.end_point.as_slice()),
+        _ => None,
+    };
+    let ctx = AuthContext {
+        control: &shared.control,
+        limiter: &shared.limiter,
+        peer: peer.ip(),
+        tls_end_point,
+        cleartext: tls && opts.allow_cleartext,
+        default_endpoint: opts.default_endpoint.as_ref(),
+        domain: &opts.domain,
+        mock_key: &shared.mock_key,
+    };
+    let auth = timeout(AUTH_TIMEOUT, authenticate(stream, &ctx, endpoint, &user))
+        .await
+        .map_err(|_| ProxyError::ClientIo(std::io::ErrorKind::TimedOut.into()))??;
+    let span = tracing::Span::current();
+    span.record("ep", field::display(&auth.endpoint));
+    span.record("role", field::display(&auth.role));
+
+    let mut compute_params = StartupParams::default();
+    for (k, v) in params.iter() {
+        if !k.starts_with("_pq_.") && k != "options" {
+            compute_params.set(k, v.to_owned());
+        }
+    }
+    if !options.rest.is_empty() {
+        compute_params.set("options", options.rest);
+    }
+    let (addr, conn) = connect_with_wake(shared, &auth, &compute_params).await?;
+
+    let (key, cancel) = shared.cancel.register(addr, conn.key);
+    stream.write_raw(&conn.startup);
+    be::backend_key_data(stream.out(), key);
+    stream.write_raw(&conn.ready);
+    stream.flush().await.map_err(ProxyError::ClientIo)?;
+    tracing::info!(compute = %addr, "session started");
+    Ok(Session {
+        conn,
+        _cancel: cancel,
+    })
+}
+
+/// Wakes the endpoint and connects, retrying with backoff while the compute is starting
+/// or has just stopped, until the wake timeout.
+async fn connect_with_wake(
+    shared: &Shared,
+    auth: &Authenticated,
+    params: &StartupParams,
+) -> Result<(SocketAddr, ComputeConn), ProxyError> {
+    let deadline = Instant::now() + shared.opts.wake_timeout;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let addr = shared.control.wake(&auth.endpoint, remaining).await?;
+        let attempt = compute::connect(
+            addr,
+            shared.opts.compute_tls.as_ref(),
+            params,
+            &auth.client_key,
+            &auth.secret,
+        )
+        .await;
+        match attempt {
+            Ok(conn) => return Ok((addr, conn)),
+            Err(ConnectError::Retryable(detail)) => {
+                if Instant::now() + backoff >= deadline {
+                    return Err(ProxyError::ComputeConnect {
+                        endpoint: auth.endpoint.to_string(),
+                        detail,
+                    });
+                }
+                tracing::debug!(%detail, ?backoff, "compute not reachable yet; waking again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(ConnectError::StaleSecret) => {
+                shared.control.invalidate(&auth.endpoint, &auth.role);
+                return Err(ProxyError::AuthFailed {
+                    user: auth.role.to_string(),
+                });
+            }
+            Err(ConnectError::Postgres(raw)) => return Err(ProxyError::Upstream(raw)),
+            Err(ConnectError::Fatal(detail)) => {
+                return Err(ProxyError::ComputeConnect {
+                    endpoint: auth.endpoint.to_string(),
+                    detail,
+                });
+            }
+        }
+    }
+}
+
+/// Copies bytes both ways until either side closes. Each direction uses one fixed buffer,
+/// so a slow reader makes the proxy stop reading from the writer (TCP backpressure) rather
+/// than buffer without bound.
+async fn relay(client: PqStream<Stream>, session: Session) {
+    use tokio::io::AsyncWriteExt;
+    let (mut client, client_ahead) = client.into_parts();
+    let (mut server, server_ahead) = session.conn.stream.into_parts();
+    let copied = async {
+        // Bytes read ahead during the startup phase belong to the other side.
+        server.write_all(&client_ahead).await?;
+        client.write_all(&server_ahead).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut server).await
+    };
+    match copied.await {
+        Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "session ended"),
+        Err(e) => tracing::debug!(error = %e, "session ended with an error"),
+    }
+}
