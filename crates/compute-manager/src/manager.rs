@@ -504,6 +504,9 @@ impl Manager {
         if let Lifecycle::Up(run) = &mut *life {
             match run.postmaster.try_exited() {
                 None => {
+                    // A wake is activity: a client is about to connect, so the idle clock
+                    // restarts and the monitor won't stop the compute under it.
+                    run.last_activity = Instant::now();
                     return Ok(WakeOutcome {
                         address: run.postmaster.address(),
                         pid: run.postmaster.pid(),

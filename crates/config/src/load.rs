@@ -507,10 +507,10 @@ impl Config {
                 "proxy.tls_cert and proxy.tls_key go together: give both or neither".to_owned(),
             );
         }
-        if !p.default_endpoint.is_empty() {
-            if let Err(e) = p.default_endpoint.parse::<EndpointName>() {
-                return fail("proxy.default_endpoint", e.to_string());
-            }
+        if let Err(e) = p.default_endpoint.parse::<EndpointName>()
+            && !p.default_endpoint.is_empty()
+        {
+            return fail("proxy.default_endpoint", e.to_string());
         }
         if p.domain.is_empty() || p.domain.starts_with('.') || p.domain.ends_with('.') {
             return fail(

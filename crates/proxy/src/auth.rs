@@ -120,10 +120,10 @@ async fn secret_for(
     if !ctx.limiter.allows(ctx.peer, endpoint) {
         return Err(ProxyError::TooManyAuthFailures);
     }
-    if let Ok(role) = user.parse::<RoleName>() {
-        if let Some(secret) = ctx.control.role_secret(endpoint, &role).await? {
-            return Ok((secret, Some(role)));
-        }
+    if let Ok(role) = user.parse::<RoleName>()
+        && let Some(secret) = ctx.control.role_secret(endpoint, &role).await?
+    {
+        return Ok((secret, Some(role)));
     }
     let mock = ScramSecret::mock(ctx.mock_key, &format!("{endpoint}/{user}"));
     Ok((Arc::new(mock), None))

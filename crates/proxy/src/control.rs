@@ -90,10 +90,10 @@ impl ControlPlane {
         role: &RoleName,
     ) -> Result<Option<Arc<ScramSecret>>, ProxyError> {
         let key = (endpoint.clone(), role.clone());
-        if let Some((secret, at)) = self.lock().get(&key) {
-            if at.elapsed() < self.opts.secret_ttl {
-                return Ok(Some(secret.clone()));
-            }
+        if let Some((secret, at)) = self.lock().get(&key)
+            && at.elapsed() < self.opts.secret_ttl
+        {
+            return Ok(Some(secret.clone()));
         }
         let resp = self
             .http

@@ -196,7 +196,7 @@ pub fn parse_sasl_initial(body: &[u8]) -> Result<SaslInitial<'_>, ProxyError> {
 /// Parses the body of a `p` message sent as `PasswordMessage`.
 pub fn parse_password(body: &[u8]) -> Result<&[u8], ProxyError> {
     match split_cstr(body) {
-        Some((pw, rest)) if rest.is_empty() => Ok(pw),
+        Some((pw, [])) => Ok(pw),
         _ => Err(violation("malformed password message")),
     }
 }

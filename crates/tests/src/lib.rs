@@ -222,6 +222,23 @@ pub async fn connect(
     user: &str,
     password: &str,
 ) -> Result<Client, tokio_postgres::Error> {
+    connect_with(client_config(address, user, password)).await
+}
+
+/// Connects through the proxy at `proxy` to `endpoint` (named in the `options` startup
+/// parameter), without TLS (the proxy allows that on loopback), as `user`.
+pub async fn connect_via_proxy(
+    proxy: SocketAddr,
+    endpoint: &str,
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut cfg = client_config(proxy, user, password);
+    cfg.options(format!("endpoint={endpoint}"));
+    connect_with(cfg).await
+}
+
+fn client_config(address: SocketAddr, user: &str, password: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(address.ip().to_string())
         .port(address.port())
@@ -229,6 +246,10 @@ pub async fn connect(
         .password(password)
         .dbname("postgres")
         .connect_timeout(Duration::from_secs(10));
+    cfg
+}
+
+async fn connect_with(cfg: tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
     let (client, conn) = cfg.connect(NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -341,6 +362,8 @@ pub struct LakebedUp {
     pub api_url: String,
     /// The generated password of role `lakebed`, printed only at the first start.
     pub password: Option<String>,
+    /// Where the proxy listens, from the banner.
+    pub proxy_addr: Option<SocketAddr>,
 }
 
 impl LakebedUp {
@@ -358,8 +381,7 @@ impl LakebedUp {
         let mut child = lakebed_command(dir)
             .arg("up")
             .env("LAKEBED_MANAGER__LISTEN", "127.0.0.1:0")
-            // Ignored until the proxy is part of `lakebed up`; then it keeps parallel tests
-            // (and a developer's own stack) from fighting over the default proxy port.
+            // So parallel tests (and a developer's own stack) never fight over port 6432.
             .env("LAKEBED_PROXY__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -373,13 +395,14 @@ impl LakebedUp {
             log,
             api_url: String::new(),
             password: None,
+            proxy_addr: None,
         };
         up.read_banner().await;
         up
     }
 
-    /// Reads banner lines up to its last (`Ctrl-C suspends ...`), noting the API address and
-    /// the password.
+    /// Reads banner lines up to its last (`Ctrl-C suspends ...`), noting the API and proxy
+    /// addresses and the password.
     async fn read_banner(&mut self) {
         let mut banner = String::new();
         while let Some(line) = self.next_line().await {
@@ -388,6 +411,9 @@ impl LakebedUp {
             if let Some(rest) = line.trim_start().strip_prefix("API") {
                 let url = rest.split_whitespace().next().unwrap_or_default();
                 self.api_url = url.to_owned();
+            }
+            if let Some(rest) = line.trim_start().strip_prefix("proxy ") {
+                self.proxy_addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             }
             if let Some(rest) = line
                 .trim_start()

@@ -298,11 +298,28 @@ async fn missing_postgres_binaries_say_how_to_install_them() {
     assert!(!data_dir.exists(), "nothing may be created on disk");
 }
 
+/// Binds a loopback port below Linux's ephemeral range (32768 and up by default), so that
+/// once released no `bind(0)` or outgoing connection of a parallel test takes it.
+fn hold_port_outside_ephemeral_range() -> (TcpListener, u16) {
+    let seed = std::process::id() as usize
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as usize)
+            .unwrap_or_default();
+    (0..20_000)
+        .map(|i| 10_000 + ((seed + i) % 20_000) as u16)
+        .find_map(|port| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                .ok()
+                .map(|l| (l, port))
+        })
+        .expect("a free port between 10000 and 30000")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_free_port_fails_the_wake_and_leaves_no_postmaster() {
     let dir = DataDir::new();
-    let held = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a port");
-    let port = held.local_addr().expect("local addr").port();
+    let (held, port) = hold_port_outside_ephemeral_range();
     let manager = open_manager(&dir, |o| {
         o.compute.port_range = PortRange::Range {
             low: port,

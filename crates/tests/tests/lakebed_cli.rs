@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 
 use lakebed_tests::{
-    DEADLINE, DataDir, LakebedUp, connect, lakebed, lakebed_with_stdin, postmasters_serving,
-    postmasters_under, process_alive,
+    DEADLINE, DataDir, LakebedUp, connect_via_proxy, lakebed, lakebed_with_stdin,
+    postmasters_serving, postmasters_under, process_alive,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -18,6 +18,11 @@ async fn wake(dir: &DataDir, name: &str) -> SocketAddr {
     out.trim()
         .parse()
         .unwrap_or_else(|e| panic!("wake printed {out:?}, not an address: {e}"))
+}
+
+/// Where `up`'s proxy listens (computes accept only the proxy).
+fn proxy_of(up: &LakebedUp) -> SocketAddr {
+    up.proxy_addr.expect("the banner names the proxy address")
 }
 
 /// `lakebed endpoint show NAME --json`.
@@ -63,9 +68,9 @@ async fn restart_after_sigkill_keeps_catalog_and_stops_orphaned_postmaster() {
         .clone()
         .expect("first start prints a password");
 
-    let address = wake(&dir, "main").await;
+    wake(&dir, "main").await;
     let old_pid = compute_pid(&dir, "main").await;
-    let client = connect(address, "lakebed", &password)
+    let client = connect_via_proxy(proxy_of(&first), "main", "lakebed", &password)
         .await
         .expect("log in as lakebed");
     client
@@ -95,10 +100,10 @@ async fn restart_after_sigkill_keeps_catalog_and_stops_orphaned_postmaster() {
     let roles = lakebed(&dir, &["role", "list", "--json"]).await.json();
     assert_eq!(names(&roles), ["lakebed"]);
 
-    let address = wake(&dir, "main").await;
+    wake(&dir, "main").await;
     let new_pid = compute_pid(&dir, "main").await;
     assert_ne!(new_pid, old_pid);
-    let client = connect(address, "lakebed", &password)
+    let client = connect_via_proxy(proxy_of(&second), "main", "lakebed", &password)
         .await
         .expect("log in with the first banner's password");
     let row = client
@@ -223,9 +228,10 @@ async fn endpoint_and_role_commands_round_trip() {
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
         .arg("SELECT current_user")
         .arg(format!(
-            "host={} port={} dbname=postgres user=alice connect_timeout=10",
-            address.ip(),
-            address.port()
+            "host={} port={} dbname=postgres user=alice options='endpoint=app' \
+             sslmode=disable connect_timeout=10",
+            proxy_of(&up).ip(),
+            proxy_of(&up).port()
         ))
         .env("PGPASSWORD", "correct horse battery")
         .kill_on_drop(true)
@@ -244,7 +250,7 @@ async fn endpoint_and_role_commands_round_trip() {
         .await
         .json();
     assert_eq!(names(&roles), Vec::<&str>::new());
-    let refused = connect(address, "alice", "correct horse battery")
+    let refused = connect_via_proxy(proxy_of(&up), "app", "alice", "correct horse battery")
         .await
         .expect_err("a deleted role cannot log in");
     assert_eq!(

@@ -78,9 +78,9 @@ pub async fn run(api: &ApiClient, cmd: EndpointCommand) -> Result<()> {
                 Some(ms) => eprintln!("endpoint {name} woken in {ms} ms"),
                 None => eprintln!("endpoint {name} was already active"),
             }
-            if let Some((host, port)) = addr.rsplit_once(':') {
-                eprintln!("connect: psql \"host={host} port={port} dbname=postgres user=<role>\"");
-            }
+            eprintln!(
+                "clients connect through the proxy (see `lakebed up`); the compute accepts only the proxy"
+            );
         }
         EndpointCommand::Suspend { name } => {
             let out = api

@@ -167,7 +167,7 @@ pub fn nonce() -> String {
 }
 
 /// Splits `attr=value` off the front of a comma-separated SCRAM message.
-fn attr<'a>(msg: &'a str, name: char) -> Option<(&'a str, &'a str)> {
+fn attr(msg: &str, name: char) -> Option<(&str, &str)> {
     let (head, rest) = msg.split_once(',').unwrap_or((msg, ""));
     let value = head.strip_prefix(name)?.strip_prefix('=')?;
     Some((value, rest))

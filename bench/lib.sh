@@ -1,0 +1,113 @@
+# Shared by the benchmark scripts: start a release `lakebed up` on a scratch data dir and
+# read what its banner says. Source it; it defines start_lakebed and stop_lakebed.
+
+start_lakebed() {
+  BENCH_DIR=$(mktemp -d /tmp/lakebed-bench.XXXXXX)
+  chmod 0711 "$BENCH_DIR"
+  LAKEBED_MANAGER__LISTEN=127.0.0.1:0 LAKEBED_PROXY__LISTEN=127.0.0.1:0 \
+  LAKEBED_ENDPOINTS__MAIN__SUSPEND_TIMEOUT=never RUST_LOG=warn \
+    "$ROOT/target/release/lakebed" up --data-dir "$BENCH_DIR/data" >"$BENCH_DIR/up.out" 2>"$BENCH_DIR/up.err" &
+  LAKEBED_PID=$!
+  for _ in $(seq 1 600); do
+    grep -q '^Ctrl-C suspends' "$BENCH_DIR/up.out" 2>/dev/null && break
+    kill -0 "$LAKEBED_PID" 2>/dev/null || { cat "$BENCH_DIR/up.err" >&2; exit 1; }
+    sleep 0.1
+  done
+  PROXY_PORT=$(sed -n 's/^  proxy *127\.0\.0\.1:\([0-9]*\).*/\1/p' "$BENCH_DIR/up.out")
+  API_URL=$(sed -n 's/^  API *\(http:[^ ]*\).*/\1/p' "$BENCH_DIR/up.out")
+  export PGPASSWORD=$(sed -n 's/^  role *lakebed, password \([A-Za-z0-9]*\).*/\1/p' "$BENCH_DIR/up.out")
+  TLS="$BENCH_DIR/data/tls"
+  "$ROOT/target/release/lakebed" --data-dir "$BENCH_DIR/data" endpoint wake main >/dev/null 2>&1
+  COMPUTE_PORT=$("$ROOT/target/release/lakebed" --data-dir "$BENCH_DIR/data" endpoint show main --json \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["compute"]["address"].rsplit(":",1)[1])')
+  # Computes accept only the proxy's client certificate; "direct" uses it too.
+  DIRECT="host=127.0.0.1 port=$COMPUTE_PORT user=lakebed dbname=postgres sslmode=verify-ca sslrootcert=$TLS/internal-ca.pem sslcert=$TLS/proxy-client.pem sslkey=$TLS/proxy-client.key"
+  PROXIED="host=127.0.0.1 port=$PROXY_PORT user=lakebed dbname=postgres sslmode=disable"
+}
+
+stop_lakebed() {
+  [ -n "${PGBOUNCER_PID:-}" ] && kill "$PGBOUNCER_PID" 2>/dev/null && wait "$PGBOUNCER_PID" 2>/dev/null
+  [ -n "${LAKEBED_PID:-}" ] && kill -TERM "$LAKEBED_PID" 2>/dev/null && wait "$LAKEBED_PID" 2>/dev/null
+  rm -rf "$BENCH_DIR"
+}
+
+# start_pgbouncer MODE POOL_SIZE: PgBouncer in front of the compute, as the proxy is: SCRAM
+# with the role's verifier (PgBouncer passes the client's SCRAM keys through, as we do) and
+# TLS with the proxy's client certificate toward the compute.
+start_pgbouncer() {
+  local mode=$1 pool=$2 pb="$BENCH_DIR/pgbouncer"
+  mkdir -p "$pb"
+  cp "$TLS/internal-ca.pem" "$TLS/proxy-client.pem" "$TLS/proxy-client.key" "$pb/"
+  local verifier
+  verifier=$(python3 - "$API_URL" "$BENCH_DIR/data/admin-token" <<'PY'
+import json, sys, urllib.request
+url, token_file = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(url + "/v1/endpoints/main/roles/lakebed/secret",
+                             headers={"Authorization": "Bearer " + open(token_file).read().strip()})
+print(json.load(urllib.request.urlopen(req))["verifier"])
+PY
+)
+  printf '"lakebed" "%s"\n' "$verifier" >"$pb/userlist.txt"
+  PGBOUNCER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat >"$pb/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$COMPUTE_PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $pb/userlist.txt
+pool_mode = $mode
+default_pool_size = $pool
+max_client_conn = 20000
+max_db_connections = $pool
+server_tls_sslmode = verify-ca
+server_tls_ca_file = $pb/internal-ca.pem
+server_tls_cert_file = $pb/proxy-client.pem
+server_tls_key_file = $pb/proxy-client.key
+logfile = $pb/pgbouncer.log
+pidfile = $pb/pgbouncer.pid
+INI
+  local user_flag=()
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$pb"; user_flag=(-u postgres); fi
+  pgbouncer "${user_flag[@]}" "$pb/pgbouncer.ini" >/dev/null 2>&1 &
+  PGBOUNCER_PID=$!
+  for _ in $(seq 1 100); do
+    pg_isready -q -h 127.0.0.1 -p "$PGBOUNCER_PORT" && break
+    sleep 0.1
+  done
+  BOUNCED="host=127.0.0.1 port=$PGBOUNCER_PORT user=lakebed dbname=postgres sslmode=disable"
+}
+
+# run_pgbench NAME CONNINFO CLIENTS SECONDS [extra pgbench args]: one pgbench run, printed as
+# "NAME CLIENTS TPS AVG_MS P99_MS" from pgbench's per-transaction log.
+run_pgbench() {
+  local name=$1 conn=$2 clients=$3 secs=$4
+  shift 4
+  local logdir="$BENCH_DIR/log-$name-$clients"
+  mkdir -p "$logdir"
+  local jobs=$(( clients < 2 ? clients : 2 ))
+  local out
+  out=$(cd "$logdir" && pgbench -n "$@" -c "$clients" -j "$jobs" -T "$secs" -l --log-prefix=tx "$conn" 2>&1) || {
+    echo "$name: pgbench failed: $out" >&2
+    return 1
+  }
+  local tps
+  tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | head -1)
+  python3 - "$logdir" "$name" "$clients" "$tps" <<'PY'
+import glob, sys
+logdir, name, clients, tps = sys.argv[1:]
+lat = []
+for f in glob.glob(logdir + "/tx*"):
+    with open(f) as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) >= 3:
+                lat.append(int(parts[2]))
+lat.sort()
+avg = sum(lat) / len(lat) / 1000 if lat else float("nan")
+p99 = lat[int(len(lat) * 0.99) - 1] / 1000 if lat else float("nan")
+print(f"{name} {clients} {float(tps):.0f} {avg:.3f} {p99:.3f}")
+PY
+}
