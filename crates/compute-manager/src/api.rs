@@ -8,16 +8,17 @@
 //! | --- | --- | --- | --- |
 //! | GET | `/v1/health` | | `{"status":"ok"}` |
 //! | GET | `/v1/endpoints` | | `[EndpointView]` |
-//! | POST | `/v1/endpoints` | `{"name", "tenant"?, "suspend_timeout"?, "keep_warm"?}` | 201 `EndpointView` |
+//! | POST | `/v1/endpoints` | `{"name", "tenant"?, "suspend_timeout"?, "keep_warm"?, "pool_mode"?}` | 201 `EndpointView` |
 //! | GET | `/v1/endpoints/{ep}` | | `EndpointView` |
-//! | PATCH | `/v1/endpoints/{ep}` | `{"suspend_timeout"?, "keep_warm"?}` | `EndpointView` |
+//! | PATCH | `/v1/endpoints/{ep}` | `{"suspend_timeout"?, "keep_warm"?, "pool_mode"?}` | `EndpointView` |
 //! | DELETE | `/v1/endpoints/{ep}` | | 204 |
 //! | POST | `/v1/endpoints/{ep}/wake` | | `WakeOutcome` |
 //! | POST | `/v1/endpoints/{ep}/suspend` | | `{"state"}` |
 //! | GET | `/v1/endpoints/{ep}/roles` | | `[RoleView]` |
-//! | POST | `/v1/endpoints/{ep}/roles` | `{"name", "verifier"?}` | 201 `{"name", "password"?}` |
+//! | POST | `/v1/endpoints/{ep}/roles` | `{"name", "verifier"?, "pool_mode"?}` | 201 `{"name", "password"?}` |
 //! | POST | `/v1/endpoints/{ep}/roles/{role}/password` | `{"verifier"?}` | `{"name", "password"?}` |
-//! | GET | `/v1/endpoints/{ep}/roles/{role}/secret` | | `{"verifier"}` (for the proxy's SCRAM) |
+//! | GET | `/v1/endpoints/{ep}/roles/{role}/secret` | | `{"verifier", "pool_mode"}` (for the proxy) |
+//! | PATCH | `/v1/endpoints/{ep}/roles/{role}` | `{"pool_mode": "transaction" or null}` | 204 |
 //! | DELETE | `/v1/endpoints/{ep}/roles/{role}` | | 204 |
 //!
 //! A `password` appears in an answer only when the manager generated it; it is shown that
@@ -33,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lakebed_config::{
-    AutosuspendPolicy, EndpointName, KeepWarmWindow, RoleName, SuspendTimeout, TenantName,
+    AutosuspendPolicy, EndpointName, KeepWarmWindow, PoolMode, RoleName, SuspendTimeout, TenantName,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -68,7 +69,7 @@ pub fn router(manager: Manager, token: &str) -> Router {
         )
         .route(
             "/v1/endpoints/{ep}/roles/{role}",
-            axum::routing::delete(delete_role),
+            axum::routing::delete(delete_role).patch(patch_role),
         )
         .route(
             "/v1/endpoints/{ep}/roles/{role}/password",
@@ -185,6 +186,15 @@ fn invalid(text: impl std::fmt::Display) -> ApiError {
 struct PolicyPatch {
     suspend_timeout: Option<String>,
     keep_warm: Option<Vec<String>>,
+    pool_mode: Option<String>,
+}
+
+fn pool_mode(text: Option<&str>) -> ApiResult<Option<PoolMode>> {
+    text.map(|m| {
+        m.parse::<PoolMode>()
+            .map_err(|e| invalid(format!("pool_mode: {e}")))
+    })
+    .transpose()
 }
 
 impl PolicyPatch {
@@ -212,6 +222,7 @@ struct CreateEndpoint {
     tenant: Option<String>,
     suspend_timeout: Option<String>,
     keep_warm: Option<Vec<String>>,
+    pool_mode: Option<String>,
 }
 
 async fn list_endpoints(State(s): State<AppState>) -> ApiResult<Json<Vec<EndpointView>>> {
@@ -230,12 +241,17 @@ async fn create_endpoint(
         .unwrap_or("default")
         .parse()
         .map_err(|e| ApiError::from(ManagerError::from(e)))?;
+    let mode = pool_mode(body.pool_mode.as_deref())?;
     let policy = PolicyPatch {
         suspend_timeout: body.suspend_timeout,
         keep_warm: body.keep_warm,
+        pool_mode: None,
     }
     .apply(AutosuspendPolicy::default())?;
     s.manager.create_endpoint(&name, &tenant, &policy)?;
+    if let Some(mode) = mode {
+        s.manager.set_pool_mode(&name, mode)?;
+    }
     Ok((StatusCode::CREATED, Json(s.manager.show(&name)?)))
 }
 
@@ -253,9 +269,13 @@ async fn set_policy(
 ) -> ApiResult<Json<EndpointView>> {
     let Json(patch) = body?;
     let name = endpoint_name(&ep)?;
+    let mode = pool_mode(patch.pool_mode.as_deref())?;
     let current = s.manager.catalog().endpoint(&name)?.policy;
     let policy = patch.apply(current)?;
     s.manager.set_policy(&name, &policy)?;
+    if let Some(mode) = mode {
+        s.manager.set_pool_mode(&name, mode)?;
+    }
     Ok(Json(s.manager.show(&name)?))
 }
 
@@ -284,6 +304,14 @@ async fn suspend(
 struct CreateRole {
     name: String,
     verifier: Option<String>,
+    pool_mode: Option<String>,
+}
+
+/// `PATCH /v1/endpoints/{ep}/roles/{role}`: `pool_mode` a mode, or `null` for the endpoint's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolePatch {
+    pool_mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -316,7 +344,11 @@ async fn create_role(
     let ep = endpoint_name(&ep)?;
     let name = role_name(&body.name)?;
     let verifier = body.verifier.as_deref().map(Verifier::parse).transpose()?;
+    let mode = pool_mode(body.pool_mode.as_deref())?;
     let password = s.manager.create_role(&ep, &name, verifier).await?;
+    if mode.is_some() {
+        s.manager.set_role_pool_mode(&ep, &name, mode)?;
+    }
     Ok((StatusCode::CREATED, Json(RoleSecret { name, password })))
 }
 
@@ -337,10 +369,24 @@ async fn role_secret(
     State(s): State<AppState>,
     Path((ep, role)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let verifier = s
+    let (verifier, mode) = s
         .manager
         .role_verifier(&endpoint_name(&ep)?, &role_name(&role)?)?;
-    Ok(Json(json!({ "verifier": verifier.as_str() })))
+    Ok(Json(
+        json!({ "verifier": verifier.as_str(), "pool_mode": mode }),
+    ))
+}
+
+async fn patch_role(
+    State(s): State<AppState>,
+    Path((ep, role)): Path<(String, String)>,
+    body: Result<Json<RolePatch>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(body) = body?;
+    let mode = pool_mode(body.pool_mode.as_deref())?;
+    s.manager
+        .set_role_pool_mode(&endpoint_name(&ep)?, &role_name(&role)?, mode)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn delete_role(

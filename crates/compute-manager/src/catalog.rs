@@ -12,14 +12,14 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use lakebed_config::{AutosuspendPolicy, EndpointName, RoleName, TenantName};
+use lakebed_config::{AutosuspendPolicy, EndpointName, PoolMode, RoleName, TenantName};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::ManagerError;
 use crate::verifier::Verifier;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE tenants (
@@ -50,6 +50,13 @@ CREATE TABLE boots (
 );
 ";
 
+/// Version 1 to 2: pool modes per endpoint (default session) and per role (default: the
+/// endpoint's).
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE endpoints ADD COLUMN pool_mode TEXT NOT NULL DEFAULT 'session';
+ALTER TABLE roles ADD COLUMN pool_mode TEXT;
+";
+
 /// An endpoint as the catalog holds it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EndpointRecord {
@@ -59,6 +66,8 @@ pub struct EndpointRecord {
     pub tenant: TenantName,
     /// Its autosuspend policy.
     pub policy: AutosuspendPolicy,
+    /// How the proxy pools its server connections (unless a role says otherwise).
+    pub pool_mode: PoolMode,
     /// When it was created.
     pub created_at: DateTime<Utc>,
 }
@@ -70,6 +79,8 @@ pub struct RoleRecord {
     pub name: RoleName,
     /// Its SCRAM-SHA-256 verifier.
     pub verifier: Verifier,
+    /// Its own pool mode, overriding the endpoint's.
+    pub pool_mode: Option<PoolMode>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
 }
@@ -111,9 +122,12 @@ impl Catalog {
         conn.busy_timeout(Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
-            0 => {
+            0 | 1 => {
                 let tx = conn.unchecked_transaction()?;
-                tx.execute_batch(SCHEMA)?;
+                if version == 0 {
+                    tx.execute_batch(SCHEMA)?;
+                }
+                tx.execute_batch(MIGRATE_1_TO_2)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
@@ -186,7 +200,7 @@ impl Catalog {
     pub fn endpoint(&self, name: &EndpointName) -> Result<EndpointRecord, ManagerError> {
         self.conn()
             .query_row(
-                "SELECT name, tenant, policy, created_at FROM endpoints WHERE name = ?1",
+                "SELECT name, tenant, policy, created_at, pool_mode FROM endpoints WHERE name = ?1",
                 [name.as_str()],
                 endpoint_row,
             )
@@ -197,8 +211,9 @@ impl Catalog {
     /// All endpoints, by name.
     pub fn endpoints(&self) -> Result<Vec<EndpointRecord>, ManagerError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT name, tenant, policy, created_at FROM endpoints ORDER BY name")?;
+        let mut stmt = conn.prepare(
+            "SELECT name, tenant, policy, created_at, pool_mode FROM endpoints ORDER BY name",
+        )?;
         let rows = stmt.query_map([], endpoint_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -221,6 +236,52 @@ impl Catalog {
             return Err(ManagerError::EndpointNotFound(name.to_string()));
         }
         self.endpoint(name)
+    }
+
+    /// Sets an endpoint's pool mode.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`].
+    pub fn set_pool_mode(&self, name: &EndpointName, mode: PoolMode) -> Result<(), ManagerError> {
+        let n = self.conn().execute(
+            "UPDATE endpoints SET pool_mode = ?2 WHERE name = ?1",
+            params![name.as_str(), mode.to_string()],
+        )?;
+        if n == 0 {
+            return Err(ManagerError::EndpointNotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, clears) a role's own pool mode.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::EndpointNotFound`], [`ManagerError::RoleNotFound`].
+    pub fn set_role_pool_mode(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+        mode: Option<PoolMode>,
+    ) -> Result<(), ManagerError> {
+        let conn = self.conn();
+        ensure_endpoint(&conn, endpoint)?;
+        let n = conn.execute(
+            "UPDATE roles SET pool_mode = ?3 WHERE endpoint = ?1 AND name = ?2",
+            params![
+                endpoint.as_str(),
+                role.as_str(),
+                mode.map(|m| m.to_string())
+            ],
+        )?;
+        if n == 0 {
+            return Err(ManagerError::RoleNotFound {
+                endpoint: endpoint.to_string(),
+                role: role.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Deletes an endpoint with its roles and boot history.
@@ -303,7 +364,7 @@ impl Catalog {
         let conn = self.conn();
         ensure_endpoint(&conn, endpoint)?;
         let mut stmt = conn.prepare(
-            "SELECT name, verifier, created_at FROM roles WHERE endpoint = ?1 ORDER BY name",
+            "SELECT name, verifier, created_at, pool_mode FROM roles WHERE endpoint = ?1 ORDER BY name",
         )?;
         let rows = stmt.query_map([endpoint.as_str()], |r| {
             Ok(RoleRecord {
@@ -311,6 +372,7 @@ impl Catalog {
                 verifier: Verifier::parse(&r.get::<_, String>(1)?)
                     .map_err(|e| conversion_error(1, e))?,
                 created_at: time_col(r, 2)?,
+                pool_mode: pool_mode_col(r, 3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -427,6 +489,7 @@ fn endpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRecord> {
         tenant: parse_col(r, 1)?,
         policy: serde_json::from_str(&policy).map_err(|e| conversion_error(2, e))?,
         created_at: time_col(r, 3)?,
+        pool_mode: pool_mode_col(r, 4)?.unwrap_or_default(),
     })
 }
 
@@ -438,6 +501,15 @@ where
     r.get::<_, String>(idx)?
         .parse()
         .map_err(|e| conversion_error(idx, e))
+}
+
+fn pool_mode_col(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<PoolMode>> {
+    r.get::<_, Option<String>>(idx)?
+        .map(|m| {
+            m.parse()
+                .map_err(|e: String| conversion_error(idx, std::io::Error::other(e)))
+        })
+        .transpose()
 }
 
 fn time_col(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<DateTime<Utc>> {

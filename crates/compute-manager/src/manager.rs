@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lakebed_config::{
-    AutosuspendPolicy, ComputeConfig, Config, EndpointName, PortRange, RoleName, TenantName,
+    AutosuspendPolicy, ComputeConfig, Config, EndpointName, PoolMode, PortRange, RoleName,
+    TenantName,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -118,6 +119,8 @@ pub struct EndpointView {
 pub struct RoleView {
     /// Role name.
     pub name: RoleName,
+    /// Its own pool mode, if it overrides the endpoint's.
+    pub pool_mode: Option<PoolMode>,
     /// When it was created.
     pub created_at: chrono::DateTime<Utc>,
 }
@@ -403,6 +406,7 @@ impl Manager {
             .into_iter()
             .map(|r| RoleView {
                 name: r.name,
+                pool_mode: r.pool_mode,
                 created_at: r.created_at,
             })
             .collect())
@@ -417,17 +421,38 @@ impl Manager {
         &self,
         endpoint: &EndpointName,
         role: &RoleName,
-    ) -> Result<Verifier, ManagerError> {
+    ) -> Result<(Verifier, PoolMode), ManagerError> {
+        let endpoint_mode = self.inner.catalog.endpoint(endpoint)?.pool_mode;
         self.inner
             .catalog
             .roles(endpoint)?
             .into_iter()
             .find(|r| &r.name == role)
-            .map(|r| r.verifier)
+            .map(|r| (r.verifier, r.pool_mode.unwrap_or(endpoint_mode)))
             .ok_or_else(|| ManagerError::RoleNotFound {
                 endpoint: endpoint.to_string(),
                 role: role.to_string(),
             })
+    }
+
+    /// Sets the endpoint's pool mode; the proxy applies it to new pools (within its secret
+    /// cache time).
+    pub fn set_pool_mode(
+        &self,
+        endpoint: &EndpointName,
+        mode: PoolMode,
+    ) -> Result<(), ManagerError> {
+        self.inner.catalog.set_pool_mode(endpoint, mode)
+    }
+
+    /// Sets or clears a role's own pool mode.
+    pub fn set_role_pool_mode(
+        &self,
+        endpoint: &EndpointName,
+        role: &RoleName,
+        mode: Option<PoolMode>,
+    ) -> Result<(), ManagerError> {
+        self.inner.catalog.set_role_pool_mode(endpoint, role, mode)
     }
 
     /// Deletes a role from an endpoint (and from its running compute).

@@ -35,7 +35,7 @@ pub enum DurationError {
 }
 
 /// Parses `s` (surrounding whitespace ignored) with humantime.
-fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     humantime::parse_duration(s.trim()).map_err(|_| DurationError::NotADuration {
         input: s.to_owned(),
     })

@@ -17,6 +17,7 @@ mod duration;
 mod load;
 mod names;
 mod policy;
+mod pool;
 
 pub use duration::{DurationError, HumanDuration, SuspendTimeout};
 pub use load::{
@@ -24,3 +25,4 @@ pub use load::{
 };
 pub use names::{EndpointName, NameError, RoleName, TenantName};
 pub use policy::{AutosuspendPolicy, KeepWarmWindow, WindowError};
+pub use pool::{PoolConfig, PoolMode, Timeout};

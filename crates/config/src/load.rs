@@ -241,6 +241,12 @@ pub struct ProxyConfig {
     pub auth_failures_per_minute: u32,
     /// Client connections open at once; the next one gets 53300. Default `10000`.
     pub max_client_connections: u32,
+    /// Where the proxy serves its HTTP API (`GET /v1/pools`), behind the admin token.
+    /// Default `127.0.0.1:6433`.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub api_listen: SocketAddr,
+    /// Server connection pools (`[proxy.pool]`).
+    pub pool: crate::PoolConfig,
 }
 
 impl Default for ProxyConfig {
@@ -259,6 +265,8 @@ impl Default for ProxyConfig {
             wake_timeout: HumanDuration(Duration::from_secs(90)),
             auth_failures_per_minute: 10,
             max_client_connections: 10_000,
+            api_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 6433)),
+            pool: crate::PoolConfig::default(),
         }
     }
 }
@@ -389,6 +397,9 @@ pub struct EndpointConfig {
     /// Keep-warm windows, e.g. `["Mon-Fri 08:00-18:00 Europe/Berlin"]`. Default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_warm: Option<Vec<KeepWarmWindow>>,
+    /// How the proxy pools this endpoint's server connections. Default `session`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_mode: Option<crate::PoolMode>,
 }
 
 impl EndpointConfig {
@@ -516,6 +527,24 @@ impl Config {
             return fail(
                 "proxy.domain",
                 format!("{:?} is not a domain like db.example.com", p.domain),
+            );
+        }
+        if p.pool.pool_size == 0 {
+            return fail("proxy.pool.pool_size", "must be at least 1".to_owned());
+        }
+        if p.pool.min_idle > p.pool.pool_size {
+            return fail(
+                "proxy.pool.min_idle",
+                format!(
+                    "{} is more than proxy.pool.pool_size ({})",
+                    p.pool.min_idle, p.pool.pool_size
+                ),
+            );
+        }
+        if p.pool.acquire_timeout.get().is_zero() {
+            return fail(
+                "proxy.pool.acquire_timeout",
+                "must be more than 0s".to_owned(),
             );
         }
         if p.max_client_connections == 0 {

@@ -38,6 +38,12 @@ pub enum Command {
     /// Create, list and delete an endpoint's roles.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Show the proxy's connection pools: clients, servers, waits, transactions, bytes.
+    Pools {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Policy flags shared by `endpoint create` and `endpoint set`.
@@ -49,6 +55,9 @@ pub struct PolicyArgs {
     /// A keep-warm window, e.g. "Mon-Fri 08:00-18:00 Europe/Berlin" (repeat for several).
     #[arg(long, value_name = "WINDOW")]
     pub keep_warm: Vec<String>,
+    /// How the proxy pools server connections: session or transaction.
+    #[arg(long, value_name = "MODE")]
+    pub pool_mode: Option<String>,
 }
 
 /// `lakebed endpoint ...`
@@ -121,6 +130,20 @@ pub enum RoleCommand {
         /// Read the password from standard input instead of generating one.
         #[arg(long)]
         password_stdin: bool,
+        /// The role's own pool mode (session or transaction); default: the endpoint's.
+        #[arg(long, value_name = "MODE")]
+        pool_mode: Option<String>,
+    },
+    /// Change a role's pool mode (session, transaction, or "endpoint" to follow the endpoint).
+    Set {
+        /// Role name.
+        name: String,
+        /// The endpoint the role belongs to.
+        #[arg(long, default_value = "main")]
+        endpoint: String,
+        /// session, transaction or endpoint.
+        #[arg(long, value_name = "MODE")]
+        pool_mode: String,
     },
     /// Set a new password for a role; generated and printed once unless --password-stdin.
     Password {

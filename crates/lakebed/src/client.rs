@@ -10,6 +10,8 @@ use serde_json::Value;
 pub const TOKEN_FILE: &str = "admin-token";
 /// File in the data dir where `lakebed up` writes its API address while it runs.
 pub const ADDR_FILE: &str = "api-addr";
+/// File in the data dir where `lakebed up` writes the proxy's HTTP API address.
+pub const PROXY_ADDR_FILE: &str = "proxy-api-addr";
 
 /// An authenticated API client.
 pub struct ApiClient {

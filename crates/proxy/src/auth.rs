@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use lakebed_config::{EndpointName, RoleName};
+use lakebed_config::{EndpointName, PoolMode, RoleName};
 
 use crate::control::ControlPlane;
 use crate::error::ProxyError;
@@ -53,6 +53,8 @@ pub struct Authenticated {
     pub client_key: ClientKey,
     /// The role's secret (ServerKey checks the compute).
     pub secret: Arc<ScramSecret>,
+    /// How its server connections are pooled.
+    pub pool_mode: PoolMode,
 }
 
 fn read_err(e: ReadError) -> ProxyError {
@@ -116,14 +118,14 @@ async fn secret_for(
     ctx: &AuthContext<'_>,
     endpoint: &EndpointName,
     user: &str,
-) -> Result<(Arc<ScramSecret>, Option<RoleName>), ProxyError> {
+) -> Result<(Arc<ScramSecret>, Option<(RoleName, PoolMode)>), ProxyError> {
     if !ctx.limiter.allows(ctx.peer, endpoint) {
         return Err(ProxyError::TooManyAuthFailures);
     }
     if let Ok(role) = user.parse::<RoleName>()
-        && let Some(secret) = ctx.control.role_secret(endpoint, &role).await?
+        && let Some(auth) = ctx.control.role_secret(endpoint, &role).await?
     {
-        return Ok((secret, Some(role)));
+        return Ok((auth.secret, Some((role, auth.pool_mode))));
     }
     let mock = ScramSecret::mock(ctx.mock_key, &format!("{endpoint}/{user}"));
     Ok((Arc::new(mock), None))
@@ -168,13 +170,14 @@ async fn scram_exchange(
     let body = read_password_message(stream).await?;
     match server_first.verify(&body, &secret, ctx.tls_end_point) {
         Ok(v) => match role {
-            Some(role) => {
+            Some((role, pool_mode)) => {
                 be::auth_sasl_final(stream.out(), v.server_final.as_bytes());
                 Ok(Authenticated {
                     endpoint,
                     role,
                     client_key: v.client_key,
                     secret,
+                    pool_mode,
                 })
             }
             None => Err(failed(ctx, &endpoint, user)),
@@ -213,12 +216,15 @@ async fn cleartext(
         .ok()
         .flatten();
     match (key, role) {
-        (Some(client_key), Some(role)) if client_key.matches(&secret) => Ok(Authenticated {
-            endpoint,
-            role,
-            client_key,
-            secret,
-        }),
+        (Some(client_key), Some((role, pool_mode))) if client_key.matches(&secret) => {
+            Ok(Authenticated {
+                endpoint,
+                role,
+                client_key,
+                secret,
+                pool_mode,
+            })
+        }
         _ => Err(failed(ctx, &endpoint, user)),
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lakebed_config::{EndpointName, RoleName};
+use lakebed_config::{EndpointName, PoolMode, RoleName};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
@@ -35,16 +35,27 @@ impl std::fmt::Debug for ControlPlaneOptions {
 
 type CacheKey = (EndpointName, RoleName);
 
+/// What the proxy needs to know of a role: its SCRAM secret and how to pool it.
+#[derive(Debug, Clone)]
+pub struct RoleAuth {
+    /// The role's SCRAM secret.
+    pub secret: Arc<ScramSecret>,
+    /// The role's pool mode (its own, else its endpoint's).
+    pub pool_mode: PoolMode,
+}
+
 /// The compute manager, as the proxy sees it.
 pub struct ControlPlane {
     opts: ControlPlaneOptions,
     http: reqwest::Client,
-    secrets: Mutex<HashMap<CacheKey, (Arc<ScramSecret>, Instant)>>,
+    secrets: Mutex<HashMap<CacheKey, (RoleAuth, Instant)>>,
 }
 
 #[derive(Deserialize)]
 struct SecretAnswer {
     verifier: String,
+    #[serde(default)]
+    pool_mode: PoolMode,
 }
 
 #[derive(Deserialize)]
@@ -88,12 +99,12 @@ impl ControlPlane {
         &self,
         endpoint: &EndpointName,
         role: &RoleName,
-    ) -> Result<Option<Arc<ScramSecret>>, ProxyError> {
+    ) -> Result<Option<RoleAuth>, ProxyError> {
         let key = (endpoint.clone(), role.clone());
-        if let Some((secret, at)) = self.lock().get(&key)
+        if let Some((auth, at)) = self.lock().get(&key)
             && at.elapsed() < self.opts.secret_ttl
         {
-            return Ok(Some(secret.clone()));
+            return Ok(Some(auth.clone()));
         }
         let resp = self
             .http
@@ -117,8 +128,12 @@ impl ControlPlane {
         let secret = Arc::new(ScramSecret::parse(&answer.verifier).ok_or_else(|| {
             ProxyError::ControlPlane("secret lookup: not a SCRAM-SHA-256 verifier".into())
         })?);
-        self.lock().insert(key, (secret.clone(), Instant::now()));
-        Ok(Some(secret))
+        let auth = RoleAuth {
+            secret,
+            pool_mode: answer.pool_mode,
+        };
+        self.lock().insert(key, (auth.clone(), Instant::now()));
+        Ok(Some(auth))
     }
 
     /// Forgets a cached secret (the compute refused it: the password changed).
@@ -126,7 +141,7 @@ impl ControlPlane {
         self.lock().remove(&(endpoint.clone(), role.clone()));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, (Arc<ScramSecret>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, (RoleAuth, Instant)>> {
         self.secrets.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -482,12 +482,12 @@ async fn failed_logins_are_rate_limited_per_endpoint_and_an_unstartable_compute_
         .await
         .expect_err("a compute that cannot start");
     let message = expect_code("broken compute", &err, &SqlState::CANNOT_CONNECT_NOW);
+    // The reason is the manager's one line; the log tail stays with the operator.
     assert!(
-        message.starts_with("endpoint \"broken\" cannot be woken: "),
+        message.starts_with("endpoint \"broken\" cannot be woken: ")
+            && message.contains("failed to start"),
         "{message}"
     );
-    let reason = message.trim_start_matches("endpoint \"broken\" cannot be woken: ");
-    assert!(!reason.trim().is_empty(), "no reason: {message}");
 
     // Ten failed logins to main from this address: the eleventh attempt is refused with
     // 53300 even with the right password, and main is never woken.
@@ -511,7 +511,8 @@ async fn failed_logins_are_rate_limited_per_endpoint_and_an_unstartable_compute_
     );
     assert_eq!(s.state_and_boots("main").await, ("suspended".to_owned(), 0));
     // The limit is per endpoint: broken still gets a password check.
-    let err = connect_plain(&s.config("r", "guess").options("endpoint=broken").clone())
+    broken.password("guess");
+    let err = connect_plain(&broken)
         .await
         .expect_err("wrong password for broken");
     expect_code("broken, wrong password", &err, &SqlState::INVALID_PASSWORD);

@@ -13,6 +13,12 @@ use tokio::time::{Instant, sleep, timeout};
 use super::datadir::{TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE, tail_lines};
 use super::{EndpointDir, OsUser, PgInstall, SYSTEM_ROLE};
 
+/// Postgres's `max_connections` for every compute. The proxy relays each client session to
+/// its own backend, and Postgres's default of 100 (minus 3 slots reserved for superusers,
+/// such as the manager's system role) would refuse the 98th concurrent client of an
+/// endpoint with 53300. Each slot costs a few kilobytes of shared memory.
+const MAX_CONNECTIONS: u32 = 128;
+
 /// Why a postmaster did not come up.
 #[derive(Debug)]
 pub enum StartError {
@@ -72,6 +78,7 @@ impl Postmaster {
             .arg(format!("unix_socket_directories={}", run_dir.display()))
             .args(["-c", "unix_socket_permissions=0700"])
             .args(["-c", "password_encryption=scram-sha-256"])
+            .args(["-c", &format!("max_connections={MAX_CONNECTIONS}")])
             .args(["-c", &format!("cluster_name={cluster_name}")]);
         if tls {
             let pgdata = dir.pgdata();

@@ -102,6 +102,9 @@ fn policy_body(policy: &PolicyArgs, no_keep_warm: bool) -> Value {
     if let Some(t) = &policy.suspend_timeout {
         body["suspend_timeout"] = json!(t);
     }
+    if let Some(mode) = &policy.pool_mode {
+        body["pool_mode"] = json!(mode);
+    }
     if no_keep_warm {
         body["keep_warm"] = json!([]);
     } else if !policy.keep_warm.is_empty() {
@@ -155,6 +158,7 @@ fn show(ep: &Value) {
         row("pid", pid.to_string());
     }
     row("policy", describe_policy(&ep["policy"]));
+    row("pool mode", ep["pool_mode"].as_str().unwrap_or("?").into());
     row("last cold start", ms(&ep["last_cold_start_ms"]));
     row("boots", ep["boots"].to_string());
     if let Some(last) = c["autosuspend"]["last"].as_object() {

@@ -18,9 +18,13 @@ pub async fn run(api: &ApiClient, cmd: RoleCommand) -> Result<()> {
             name,
             endpoint,
             password_stdin,
+            pool_mode,
         } => {
             let mut body = secret_body(password_stdin)?;
             body["name"] = json!(name);
+            if let Some(mode) = pool_mode {
+                body["pool_mode"] = json!(mode);
+            }
             let out = api
                 .call(
                     Method::POST,
@@ -47,6 +51,24 @@ pub async fn run(api: &ApiClient, cmd: RoleCommand) -> Result<()> {
             println!("new password set for role {name} on endpoint {endpoint}");
             print_generated(&out);
         }
+        RoleCommand::Set {
+            name,
+            endpoint,
+            pool_mode,
+        } => {
+            let mode = if pool_mode == "endpoint" {
+                Value::Null
+            } else {
+                json!(pool_mode)
+            };
+            api.call(
+                Method::PATCH,
+                &format!("/v1/endpoints/{endpoint}/roles/{name}"),
+                Some(json!({ "pool_mode": mode })),
+            )
+            .await?;
+            println!("role {name} on endpoint {endpoint}: pool mode {pool_mode}");
+        }
         RoleCommand::List { endpoint, json } => {
             let roles = api
                 .call(
@@ -58,11 +80,12 @@ pub async fn run(api: &ApiClient, cmd: RoleCommand) -> Result<()> {
             if json {
                 return print_json(&roles);
             }
-            println!("{:<32} CREATED", "ROLE");
+            println!("{:<32} {:<12} CREATED", "ROLE", "POOL MODE");
             for r in roles.as_array().into_iter().flatten() {
                 println!(
-                    "{:<32} {}",
+                    "{:<32} {:<12} {}",
                     r["name"].as_str().unwrap_or("?"),
+                    r["pool_mode"].as_str().unwrap_or("(endpoint)"),
                     r["created_at"].as_str().unwrap_or("?")
                 );
             }

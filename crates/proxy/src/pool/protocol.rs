@@ -136,11 +136,17 @@ pub struct Exchange {
     pub answered: bool,
     /// A DISCARD ALL or DEALLOCATE ALL ran: the connection's statements are gone.
     discarded: bool,
+    /// Extended-protocol messages were sent since the last `Sync`: the server is inside
+    /// an extended-query cycle, even if every answer is in.
+    unsynced: bool,
+    /// Session pooling: statements keep the client's names (the client has the connection
+    /// to itself until it leaves, and it is reset then).
+    pub keep_names: bool,
 }
 
 /// What to do with one server message.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
+enum Answer {
     /// Send it to the client.
     Forward,
     /// Drop it.
@@ -151,7 +157,17 @@ impl Exchange {
     /// Whether the server connection can go back to the pool: every answer is in, no
     /// transaction is open and no COPY runs.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && !self.copying && self.status != Some(b'T') && self.status != Some(b'E')
+        self.queue.is_empty()
+            && !self.copying
+            && !self.unsynced
+            && self.status != Some(b'T')
+            && self.status != Some(b'E')
+    }
+
+    /// Whether the connection is in a state the proxy cannot clean up with a query: answers
+    /// still due, or an extended-protocol cycle without its `Sync`.
+    pub fn is_mid_exchange(&self) -> bool {
+        self.is_waiting() || self.unsynced
     }
 
     /// Whether answers are still due.
@@ -177,6 +193,21 @@ impl Exchange {
         server: &mut ServerStatements,
         to_server: &mut Vec<u8>,
     ) -> Result<bool, Malformed> {
+        match msg.tag {
+            b'P' | b'B' | b'D' | b'C' | b'E' => self.unsynced = true,
+            b'S' => self.unsynced = false,
+            _ => {}
+        }
+        if self.keep_names && matches!(msg.tag, b'P' | b'B' | b'D' | b'C') {
+            msg.encode(to_server);
+            self.forward(match msg.tag {
+                b'P' => Ends::Tag(b'1'),
+                b'B' => Ends::Tag(b'2'),
+                b'C' => Ends::Tag(b'3'),
+                _ => Ends::Description,
+            });
+            return Ok(true);
+        }
         match msg.tag {
             b'P' => self.parse(msg, client, server, to_server)?,
             b'B' => {
@@ -303,9 +334,28 @@ impl Exchange {
         Ok(server_name(stmt.id))
     }
 
-    /// Decides about one server message, and appends to `to_client` any answers the proxy
-    /// made whose turn has come (before or after it, in order).
-    pub fn server_message(&mut self, tag: u8, server: &mut ServerStatements, to_client: &mut Vec<u8>) -> Answer {
+    /// Handles one server message: appends it to `to_client` unless it is swallowed, then
+    /// any answers the proxy made whose turn has come. Returns whether it was forwarded.
+    pub fn server_message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        server: &mut ServerStatements,
+        to_client: &mut Vec<u8>,
+    ) -> bool {
+        let verdict = self.decide(tag, server);
+        if tag == b'Z' {
+            self.status = body.first().copied();
+        }
+        if verdict == Answer::Forward {
+            put_message(to_client, tag, |b| b.extend_from_slice(body));
+            self.answered = true;
+        }
+        self.emit_made(to_client);
+        verdict == Answer::Forward
+    }
+
+    fn decide(&mut self, tag: u8, server: &mut ServerStatements) -> Answer {
         let verdict = match tag {
             // Asynchronous: notices, notifications, parameter changes.
             b'N' | b'A' | b'S' => match self.queue.front() {
@@ -327,10 +377,6 @@ impl Exchange {
         if tag == b'Z' && self.discarded {
             server.clear();
             self.discarded = false;
-        }
-        self.emit_made(to_client);
-        if verdict == Answer::Forward {
-            self.answered = true;
         }
         verdict
     }
@@ -401,10 +447,6 @@ impl Exchange {
         self.emit_made(to_client);
     }
 
-    /// Records the status byte of a `ReadyForQuery` (the caller reads it from the body).
-    pub fn set_status(&mut self, status: u8) {
-        self.status = Some(status);
-    }
 }
 
 /// Whether a simple query drops all prepared statements (`DISCARD ALL`,
@@ -462,23 +504,15 @@ mod tests {
         out
     }
 
-    /// Runs server answers through the exchange: (forwarded tags, made tags).
+    /// Runs server answers through the exchange (ReadyForQuery says `I`) and returns the
+    /// tags the client gets, in order.
     fn answer(ex: &mut Exchange, server: &mut ServerStatements, answers: &[u8]) -> Vec<u8> {
         let mut to_client = Vec::new();
-        let mut seen = Vec::new();
         for &t in answers {
-            let before = to_client.len();
-            let v = ex.server_message(t, server, &mut to_client);
-            // Made answers first, then this one if forwarded (the caller's order).
-            seen.extend(tags(&to_client[before..]));
-            if v == Answer::Forward {
-                seen.push(t);
-                if t == b'Z' {
-                    ex.set_status(b'I');
-                }
-            }
+            let body: &[u8] = if t == b'Z' { b"I" } else { b"" };
+            ex.server_message(t, body, server, &mut to_client);
         }
-        seen
+        tags(&to_client)
     }
 
     #[test]
@@ -572,24 +606,35 @@ mod tests {
         let mut out = Vec::new();
         ex.client_message(&msg(b'Q', b"BEGIN\0"), &mut c, &mut server, &mut out).unwrap();
         let mut sink = Vec::new();
-        ex.server_message(b'C', &mut server, &mut sink);
-        ex.server_message(b'Z', &mut server, &mut sink);
-        ex.set_status(b'T');
+        ex.server_message(b'C', b"", &mut server, &mut sink);
+        ex.server_message(b'Z', b"T", &mut server, &mut sink);
         assert!(!ex.is_idle(), "inside a transaction");
         ex.client_message(&msg(b'Q', b"COPY t FROM STDIN\0"), &mut c, &mut server, &mut out).unwrap();
-        ex.server_message(b'G', &mut server, &mut sink);
+        ex.server_message(b'G', b"", &mut server, &mut sink);
         assert!(ex.is_waiting());
         ex.client_message(&msg(b'd', b"1\n"), &mut c, &mut server, &mut out).unwrap();
         ex.client_message(&msg(b'c', b""), &mut c, &mut server, &mut out).unwrap();
-        ex.server_message(b'C', &mut server, &mut sink);
-        ex.server_message(b'Z', &mut server, &mut sink);
-        ex.set_status(b'T');
+        ex.server_message(b'C', b"", &mut server, &mut sink);
+        ex.server_message(b'Z', b"T", &mut server, &mut sink);
         ex.client_message(&msg(b'Q', b"COMMIT\0"), &mut c, &mut server, &mut out).unwrap();
-        ex.server_message(b'C', &mut server, &mut sink);
-        ex.server_message(b'Z', &mut server, &mut sink);
-        ex.set_status(b'I');
+        ex.server_message(b'C', b"", &mut server, &mut sink);
+        ex.server_message(b'Z', b"I", &mut server, &mut sink);
         assert!(ex.is_idle());
         assert!(!ex.client_message(&msg(b'X', b""), &mut c, &mut server, &mut out).unwrap());
+    }
+
+    #[test]
+    fn an_unsynced_extended_cycle_keeps_the_connection() {
+        let mut c = ClientStatements::default();
+        let mut server = ServerStatements::default();
+        let mut ex = Exchange::default();
+        let mut out = Vec::new();
+        ex.client_message(&parse("", "SELECT 1"), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&msg(b'H', b""), &mut c, &mut server, &mut out).unwrap();
+        answer(&mut ex, &mut server, b"1");
+        assert!(!ex.is_waiting());
+        assert!(!ex.is_idle(), "no Sync yet: the server is mid-cycle");
+        assert!(ex.is_mid_exchange());
     }
 
     #[test]

@@ -169,11 +169,10 @@ impl Stack {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = timeout(DEADLINE, cmd.output())
+        timeout(DEADLINE, cmd.output())
             .await
             .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {DEADLINE:?}"))
-            .unwrap_or_else(|e| panic!("run {program}: {e} (install postgresql-client)"));
-        out
+            .unwrap_or_else(|e| panic!("run {program}: {e} (install postgresql-client)"))
     }
 
     /// `psql -X -A -t -v ON_ERROR_STOP=1 -c SQL CONNINFO`: its output.

@@ -1,0 +1,205 @@
+//! Server connections as the pool holds them, and the bb8 manager that opens them.
+//!
+//! A pooled connection logs in with the SCRAM `ClientKey` of the client that created the
+//! pool (every client of a pool authenticated as the same role against the same verifier,
+//! so their keys are equal). Its `application_name` is `lakebed-pool`, which the compute
+//! manager's autosuspend monitor uses to ignore idle pooled connections: an endpoint whose
+//! clients are all idle in transaction pooling can be suspended.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use lakebed_config::{EndpointName, RoleName};
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::control::ControlPlane;
+use crate::error::ProxyError;
+use crate::pool::protocol::ServerStatements;
+use crate::pool::state::SessionState;
+use crate::pqproto::{CancelKey, StartupParams};
+use crate::scram::{ClientKey, ScramSecret};
+use crate::stream::Stream;
+
+/// The `application_name` of pooled server connections (see the module docs).
+pub const POOL_APPLICATION_NAME: &str = "lakebed-pool";
+
+/// One server connection in a pool.
+pub struct ServerConn {
+    /// Read half of the connection.
+    pub rd: ReadHalf<Stream>,
+    /// Write half.
+    pub wr: WriteHalf<Stream>,
+    /// Bytes read and not yet processed.
+    pub buf: BytesMut,
+    /// Statements prepared on it.
+    pub statements: ServerStatements,
+    /// Fingerprint of the session state applied to it.
+    pub applied: u64,
+    /// The `ParameterStatus` messages of its startup, raw.
+    pub startup_params: Vec<u8>,
+    /// Its own cancel key.
+    pub key: CancelKey,
+    /// Where it is.
+    pub addr: SocketAddr,
+    /// Set when it failed or its state is unknown; bb8 then drops it instead of reusing it.
+    pub broken: bool,
+}
+
+/// Opens server connections for one pool (endpoint, role, database).
+pub struct ServerManager {
+    pub(crate) control: Arc<ControlPlane>,
+    pub(crate) compute_tls: Option<Arc<ClientConfig>>,
+    pub(crate) wake_timeout: Duration,
+    pub(crate) endpoint: EndpointName,
+    pub(crate) role: RoleName,
+    pub(crate) database: Option<String>,
+    pub(crate) key: ClientKey,
+    pub(crate) secret: Arc<ScramSecret>,
+}
+
+impl bb8::ManageConnection for ServerManager {
+    type Connection = ServerConn;
+    type Error = ProxyError;
+
+    async fn connect(&self) -> Result<ServerConn, ProxyError> {
+        let mut params = StartupParams::default();
+        params.set("user", self.role.to_string());
+        if let Some(db) = &self.database {
+            params.set("database", db.clone());
+        }
+        params.set("application_name", POOL_APPLICATION_NAME.to_owned());
+        let (addr, conn) = crate::session::connect_with_wake(
+            &self.control,
+            self.compute_tls.as_ref(),
+            self.wake_timeout,
+            &self.endpoint,
+            &self.role,
+            &self.key,
+            &self.secret,
+            &params,
+        )
+        .await?;
+        let (stream, buf) = conn.stream.into_parts();
+        let (rd, wr) = tokio::io::split(stream);
+        Ok(ServerConn {
+            rd,
+            wr,
+            buf,
+            statements: ServerStatements::default(),
+            applied: SessionState::empty_fingerprint(),
+            startup_params: conn.startup,
+            key: conn.key,
+            addr,
+            broken: false,
+        })
+    }
+
+    /// Cheap check at checkout: an idle connection must have nothing to say. If the socket
+    /// is readable (a FATAL from a compute that shut down, or EOF) it is dead.
+    async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), ProxyError> {
+        if conn.broken || !conn.buf.is_empty() {
+            return Err(ProxyError::ComputeConnect {
+                endpoint: self.endpoint.to_string(),
+                detail: "pooled connection has unread data".into(),
+            });
+        }
+        match tokio::time::timeout(Duration::ZERO, conn.rd.read_buf(&mut conn.buf)).await {
+            Err(_) => Ok(()), // nothing to read: alive and idle
+            Ok(_) => {
+                conn.broken = true;
+                Err(ProxyError::ComputeConnect {
+                    endpoint: self.endpoint.to_string(),
+                    detail: "pooled connection was closed by the compute".into(),
+                })
+            }
+        }
+    }
+
+    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+        conn.broken
+    }
+}
+
+impl ServerConn {
+    /// Runs a simple query whose answers nobody needs (`ROLLBACK`, `DISCARD ALL`), up to its
+    /// `ReadyForQuery`. Returns that status byte; marks the connection broken on failure.
+    pub async fn run_quietly(&mut self, sql: &str) -> Option<u8> {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut out = Vec::new();
+            crate::pqproto::put_message(&mut out, b'Q', |b| {
+                b.extend_from_slice(sql.as_bytes());
+                b.push(0);
+            });
+            self.wr.write_all(&out).await.ok()?;
+            loop {
+                while let Some((tag, body)) = take_frame(&mut self.buf, MAX_SERVER_MESSAGE).ok()? {
+                    if tag == b'Z' {
+                        return body.first().copied();
+                    }
+                }
+                if self.rd.read_buf(&mut self.buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        if outcome.is_none() {
+            self.broken = true;
+        }
+        outcome
+    }
+}
+
+/// Longest message accepted from a compute (PostgreSQL's own limit, `MaxAllocSize`).
+pub const MAX_SERVER_MESSAGE: usize = 0x3fff_ffff;
+
+/// A length word out of bounds: the peer does not speak the protocol.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("message length {0} out of bounds")]
+pub struct BadLength(pub usize);
+
+/// Takes one whole message (tag, body) off the front of `buf`, if one is there.
+///
+/// # Errors
+///
+/// [`BadLength`] if the length word is below 4 or above `max`.
+pub fn take_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, bytes::Bytes)>, BadLength> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if !(4..=max).contains(&len) {
+        return Err(BadLength(len));
+    }
+    if buf.len() < 1 + len {
+        buf.reserve(1 + len - buf.len());
+        return Ok(None);
+    }
+    let mut msg = buf.split_to(1 + len);
+    let tag = msg[0];
+    let _ = msg.split_to(5);
+    Ok(Some((tag, msg.freeze())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn frames_are_taken_whole_and_bad_lengths_refused() {
+        let mut buf = BytesMut::from(&b"Z\0\0\0\x05IC\0\0"[..]);
+        assert_eq!(take_frame(&mut buf, 100).unwrap(), Some((b'Z', bytes::Bytes::from_static(b"I"))));
+        assert_eq!(take_frame(&mut buf, 100).unwrap(), None, "partial message stays");
+        assert_eq!(&buf[..], b"C\0\0");
+        let mut bad = BytesMut::from(&b"Z\0\0\0\x02"[..]);
+        assert_eq!(take_frame(&mut bad, 100), Err(BadLength(2)));
+        let mut big = BytesMut::from(&b"D\x7f\xff\xff\xff"[..]);
+        assert!(take_frame(&mut big, 100).is_err());
+    }
+}
