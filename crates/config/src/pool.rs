@@ -119,7 +119,9 @@ impl<'de> Deserialize<'de> for Timeout {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Server connections per pool at most. Default 20.
+    /// Server connections per pool at most. Default 100, near what a compute accepts
+    /// (`max_connections` 128), so that session pooling serves as many clients as a direct
+    /// connection would and makes the rest wait instead of failing.
     pub pool_size: u32,
     /// Idle server connections kept open. Default 0: a warm pool keeps its compute awake.
     pub min_idle: u32,
@@ -143,7 +145,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            pool_size: 20,
+            pool_size: 100,
             min_idle: 0,
             server_idle_timeout: Timeout::After(Duration::from_secs(600)),
             server_lifetime: Timeout::After(Duration::from_secs(3600)),

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pki::{self, Pki};
 
-use crate::client::{ADDR_FILE, TOKEN_FILE};
+use crate::client::{ADDR_FILE, PROXY_ADDR_FILE, TOKEN_FILE};
 
 const DEFAULT_TENANT: &str = "default";
 const DEFAULT_ENDPOINT: &str = "main";
@@ -69,9 +69,26 @@ pub async fn run(config: Config) -> Result<()> {
     let monitor = activity::spawn_monitor(manager.clone());
     let server = tokio::spawn(api::serve(listener, manager.clone(), token.clone()));
 
-    let proxy = start_proxy(&config, &pki, format!("http://{api_addr}"), token).await?;
+    let proxy = start_proxy(&config, &pki, format!("http://{api_addr}"), token.clone()).await?;
     let proxy_addr = proxy.local_addr();
     let stop_proxy = CancellationToken::new();
+    let proxy_api = tokio::net::TcpListener::bind(config.proxy.api_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "proxy.api_listen: cannot listen on {}",
+                config.proxy.api_listen
+            )
+        })?;
+    let proxy_api_file = data_dir.join(PROXY_ADDR_FILE);
+    std::fs::write(&proxy_api_file, proxy_api.local_addr()?.to_string())
+        .with_context(|| format!("writing {}", proxy_api_file.display()))?;
+    let proxy_api_task = tokio::spawn(lakebed_proxy::api::serve(
+        proxy_api,
+        proxy.pools(),
+        token,
+        stop_proxy.clone(),
+    ));
     let proxy_task = tokio::spawn(proxy.serve(stop_proxy.clone()));
 
     print_banner(
@@ -90,6 +107,8 @@ pub async fn run(config: Config) -> Result<()> {
     }
     stop_proxy.cancel();
     let _ = proxy_task.await;
+    let _ = proxy_api_task.await;
+    let _ = std::fs::remove_file(&proxy_api_file);
     manager.shutdown().await;
     let _ = monitor.await;
     let _ = server.await;
@@ -179,6 +198,7 @@ async fn bootstrap(manager: &Manager, config: &Config) -> Result<Option<String>>
     }
     for (name, endpoint) in &config.endpoints {
         let policy: AutosuspendPolicy = endpoint.policy();
+        let mode = endpoint.pool_mode;
         match manager.catalog().endpoint(name) {
             Ok(existing) if existing.policy == policy => {}
             Ok(_) => {
@@ -188,6 +208,9 @@ async fn bootstrap(manager: &Manager, config: &Config) -> Result<Option<String>>
                 manager.create_endpoint(name, &tenant, &policy)?;
             }
             Err(e) => return Err(e.into()),
+        }
+        if let Some(mode) = mode {
+            manager.set_pool_mode(name, mode)?;
         }
     }
     Ok(password)

@@ -26,6 +26,10 @@ impl SqlState {
     /// 57P03 cannot_connect_now: what Postgres says while starting; we say it while a
     /// compute cannot be started or reached.
     pub const CANNOT_CONNECT_NOW: Self = Self(*b"57P03");
+    /// 57P05 idle_session_timeout.
+    pub const IDLE_SESSION_TIMEOUT: Self = Self(*b"57P05");
+    /// 25P03 idle_in_transaction_session_timeout.
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: Self = Self(*b"25P03");
     /// XX000 internal_error.
     pub const INTERNAL_ERROR: Self = Self(*b"XX000");
 
@@ -100,6 +104,24 @@ pub enum ProxyError {
     /// Too many failed authentications from this address for this endpoint.
     #[error("too many failed authentication attempts; try again in a minute")]
     TooManyAuthFailures,
+    /// An idle pooled connection was found closed at checkout; the pool opens another.
+    /// Never reaches a client.
+    #[error("pooled server connection was closed")]
+    StaleConnection,
+    /// No server connection came free (or could be opened) in time.
+    #[error("no server connection available within {}s (pool size {pool_size})", waited.as_secs())]
+    PoolTimeout {
+        /// How long the client waited.
+        waited: std::time::Duration,
+        /// The pool's connections at the time.
+        pool_size: u32,
+    },
+    /// A client sat idle past `client_idle_timeout`.
+    #[error("terminating connection due to idle-session timeout")]
+    ClientIdleTimeout,
+    /// A client sat idle in a transaction past `idle_transaction_timeout`.
+    #[error("terminating connection due to idle-in-transaction timeout")]
+    IdleInTransactionTimeout,
     /// The proxy is at `max_client_connections`.
     #[error("sorry, too many clients already")]
     TooManyConnections,
@@ -145,10 +167,15 @@ impl ProxyError {
             | Self::CleartextNotAllowed => SqlState::INVALID_AUTHORIZATION,
             Self::AuthFailed { .. } => SqlState::INVALID_PASSWORD,
             Self::ChannelBinding => SqlState::PROTOCOL_VIOLATION,
-            Self::TooManyAuthFailures | Self::TooManyConnections => SqlState::TOO_MANY_CONNECTIONS,
-            Self::WakeFailed { .. } | Self::ComputeConnect { .. } | Self::ControlPlane(_) => {
-                SqlState::CANNOT_CONNECT_NOW
+            Self::TooManyAuthFailures | Self::TooManyConnections | Self::PoolTimeout { .. } => {
+                SqlState::TOO_MANY_CONNECTIONS
             }
+            Self::ClientIdleTimeout => SqlState::IDLE_SESSION_TIMEOUT,
+            Self::IdleInTransactionTimeout => SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+            Self::WakeFailed { .. }
+            | Self::ComputeConnect { .. }
+            | Self::ControlPlane(_)
+            | Self::StaleConnection => SqlState::CANNOT_CONNECT_NOW,
             // Written as received, not rebuilt.
             Self::Upstream(_) => return None,
             Self::TlsHandshake(_) | Self::ClientIo(_) => return None,
@@ -169,6 +196,25 @@ impl ProxyError {
             )
             .into(),
             other => other.to_string().into(),
+        }
+    }
+
+    /// The same error, for another client (errors of opening a pooled connection reach
+    /// every client waiting for it). I/O sources become their text.
+    pub fn replicate(&self) -> Self {
+        match self {
+            Self::WakeFailed { endpoint, reason } => Self::WakeFailed {
+                endpoint: endpoint.clone(),
+                reason: reason.clone(),
+            },
+            Self::ControlPlane(d) => Self::ControlPlane(d.clone()),
+            Self::AuthFailed { user } => Self::AuthFailed { user: user.clone() },
+            Self::Upstream(raw) => Self::Upstream(raw.clone()),
+            Self::ComputeConnect { endpoint, detail } => Self::ComputeConnect {
+                endpoint: endpoint.clone(),
+                detail: detail.clone(),
+            },
+            other => Self::ControlPlane(other.to_string()),
         }
     }
 
@@ -203,6 +249,13 @@ mod tests {
             ProxyError::CleartextNotAllowed,
             ProxyError::TooManyAuthFailures,
             ProxyError::TooManyConnections,
+            ProxyError::PoolTimeout {
+                waited: std::time::Duration::from_secs(1),
+                pool_size: 1,
+            },
+            ProxyError::ClientIdleTimeout,
+            ProxyError::StaleConnection,
+            ProxyError::IdleInTransactionTimeout,
             ProxyError::WakeFailed {
                 endpoint: "e".into(),
                 reason: "r".into(),

@@ -11,12 +11,14 @@
 //! The proxy talks to the compute manager only over its HTTP API, so it can run on another
 //! host.
 
+pub mod api;
 pub mod auth;
 pub mod cancel;
 pub mod compute;
 pub mod control;
 pub mod error;
 pub mod handshake;
+pub mod pool;
 pub mod pqproto;
 pub mod rate_limit;
 pub mod routing;

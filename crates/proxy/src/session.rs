@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lakebed_config::{EndpointName, ProxyConfig};
+use lakebed_config::{EndpointName, PoolConfig, PoolMode, ProxyConfig, RoleName};
 use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -12,16 +12,20 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
-use crate::auth::{AuthContext, Authenticated, authenticate};
-use crate::cancel::{CancelGuard, CancelMap};
+use crate::auth::{AuthContext, authenticate};
+use crate::cancel::CancelMap;
 use crate::compute::{self, ComputeConn, ConnectError};
 use crate::control::{ControlPlane, ControlPlaneOptions};
 use crate::error::ProxyError;
 use crate::handshake::{Handshake, handshake};
-use crate::pqproto::{PROTOCOL_MINOR, StartupParams, be};
+use crate::pool::client::PooledClient;
+use crate::pool::server::{MAX_SERVER_MESSAGE, parameter_status, take_frame};
+use crate::pool::state::SessionState;
+use crate::pool::{Lent, Pools};
+use crate::pqproto::{PROTOCOL_MINOR, StartupParams, be, put_message};
 use crate::rate_limit::AuthFailureLimiter;
 use crate::routing;
-use crate::scram::KEY_LEN;
+use crate::scram::{ClientKey, KEY_LEN, ScramSecret};
 use crate::stream::{PqStream, Stream};
 use crate::tls::TlsServer;
 
@@ -53,6 +57,8 @@ pub struct ProxyOptions {
     pub control: ControlPlaneOptions,
     /// TLS (with the proxy's client certificate) toward computes; `None` = plain TCP.
     pub compute_tls: Option<Arc<ClientConfig>>,
+    /// Server connection pools.
+    pub pool: PoolConfig,
 }
 
 impl ProxyOptions {
@@ -76,13 +82,15 @@ impl ProxyOptions {
             control,
             tls,
             compute_tls,
+            pool: cfg.pool.clone(),
         }
     }
 }
 
 struct Shared {
     opts: ProxyOptions,
-    control: ControlPlane,
+    control: Arc<ControlPlane>,
+    pools: Arc<Pools>,
     cancel: Arc<CancelMap>,
     limiter: AuthFailureLimiter,
     mock_key: [u8; KEY_LEN],
@@ -106,8 +114,16 @@ impl Proxy {
         opts.listen = listener.local_addr()?;
         let mut mock_key = [0u8; KEY_LEN];
         rand::Rng::fill(&mut rand::rng(), &mut mock_key[..]);
+        let control = Arc::new(ControlPlane::new(opts.control.clone()));
+        let pools = Arc::new(Pools::new(
+            opts.pool.clone(),
+            control.clone(),
+            opts.compute_tls.clone(),
+            opts.wake_timeout,
+        ));
         let shared = Arc::new(Shared {
-            control: ControlPlane::new(opts.control.clone()),
+            control,
+            pools,
             cancel: Arc::new(CancelMap::default()),
             limiter: AuthFailureLimiter::new(opts.auth_failures_per_minute),
             slots: Arc::new(Semaphore::new(opts.max_client_connections)),
@@ -120,6 +136,11 @@ impl Proxy {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.opts.listen
+    }
+
+    /// The proxy's pools, for its HTTP API.
+    pub fn pools(&self) -> Arc<Pools> {
+        self.shared.pools.clone()
     }
 
     /// Accepts connections until `shutdown` is cancelled. Sessions already running go on
@@ -174,14 +195,19 @@ async fn handle(
             return;
         }
     };
-    let result = match permit {
+    let started = match permit {
         Some(permit) => setup(&shared, &mut stream, peer, minor, params, server_name)
             .await
-            .map(|session| (session, permit)),
+            .map(|started| (started, permit)),
         None => Err(ProxyError::TooManyConnections),
     };
-    match result {
-        Ok((session, _permit)) => relay(stream, session).await,
+    match started {
+        Ok(((client, held), _permit)) => {
+            let (io, ahead) = stream.into_parts();
+            if let Err(e) = client.run(io, ahead, held).await {
+                tracing::info!(error = %e, "session ended with an error");
+            }
+        }
         Err(e @ ProxyError::ClientIo(_)) => tracing::debug!(error = %e, "client went away"),
         Err(e) => {
             if e.is_client_error() {
@@ -206,17 +232,11 @@ async fn report(stream: &mut PqStream<Stream>, e: &ProxyError) {
     let _ = timeout(Duration::from_secs(5), stream.flush()).await;
 }
 
-/// An authenticated client's compute connection, ready to relay.
-struct Session {
-    conn: ComputeConn,
-    /// Forgets the client's cancel key when the session ends.
-    _cancel: CancelGuard,
-}
-
-/// Everything between the `StartupMessage` and the relay: TLS policy, protocol
-/// negotiation, routing, authentication, wake and compute login. On success the client has
-/// received the compute's `ParameterStatus` messages, our `BackendKeyData` and
-/// `ReadyForQuery`.
+/// Everything between the `StartupMessage` and the pooled relay: TLS policy, protocol
+/// negotiation, routing, authentication, then a first server connection from the pool
+/// (which wakes the compute) to learn the session's parameters. On success the client has
+/// received `ParameterStatus` messages, our `BackendKeyData` and `ReadyForQuery`; the
+/// server connection is returned with it for session pooling.
 async fn setup(
     shared: &Shared,
     stream: &mut PqStream<Stream>,
@@ -224,7 +244,7 @@ async fn setup(
     minor: u16,
     params: StartupParams,
     server_name: Option<String>,
-) -> Result<Session, ProxyError> {
+) -> Result<(PooledClient, Option<Lent>), ProxyError> {
     let opts = &shared.opts;
     let tls = stream.get_ref().is_tls();
     if opts.require_tls && !tls {
@@ -272,55 +292,94 @@ async fn setup(
     span.record("ep", field::display(&auth.endpoint));
     span.record("role", field::display(&auth.role));
 
-    let mut compute_params = StartupParams::default();
-    for (k, v) in params.iter() {
-        if !k.starts_with("_pq_.") && k != "options" {
-            compute_params.set(k, v.to_owned());
+    let database = params.get("database").filter(|d| !d.is_empty());
+    let pool = shared.pools.pool_for(&auth, database);
+    let session = pool.mode == PoolMode::Session;
+    let state = SessionState::from_startup(&params, &options.rest, session);
+    let mut conn = pool.acquire().await?;
+    let mut statuses: Vec<(String, String)> = Vec::new();
+    let mut startup = bytes::BytesMut::from(&conn.startup_params[..]);
+    while let Ok(Some((tag, body))) = take_frame(&mut startup, MAX_SERVER_MESSAGE) {
+        if tag == b'S'
+            && let Some(p) = parameter_status(&body)
+        {
+            statuses.push(p);
         }
     }
-    if !options.rest.is_empty() {
-        compute_params.set("options", options.rest);
+    if conn.applied != state.fingerprint() {
+        let changed = conn.apply_state(&state.apply_sql()).await.map_err(|raw| {
+            if raw.is_empty() {
+                ProxyError::ComputeConnect {
+                    endpoint: auth.endpoint.to_string(),
+                    detail: "server connection failed while applying settings".into(),
+                }
+            } else {
+                ProxyError::Upstream(raw)
+            }
+        })?;
+        conn.applied = state.fingerprint();
+        for (k, v) in changed {
+            match statuses.iter_mut().find(|(n, _)| *n == k) {
+                Some(entry) => entry.1 = v,
+                None => statuses.push((k, v)),
+            }
+        }
     }
-    let (addr, conn) = connect_with_wake(shared, &auth, &compute_params).await?;
-
-    let (key, cancel) = shared.cancel.register(addr, conn.key);
-    stream.write_raw(&conn.startup);
+    // The client sees its own application_name, not the pool's.
+    statuses.retain(|(k, _)| k != "application_name");
+    statuses.push((
+        "application_name".into(),
+        params
+            .get("application_name")
+            .unwrap_or_default()
+            .to_owned(),
+    ));
+    for (k, v) in &statuses {
+        put_message(stream.out(), b'S', |b| {
+            b.extend_from_slice(k.as_bytes());
+            b.push(0);
+            b.extend_from_slice(v.as_bytes());
+            b.push(0);
+        });
+    }
+    let (key, cancel) = shared.cancel.register(None);
     be::backend_key_data(stream.out(), key);
-    stream.write_raw(&conn.ready);
+    put_message(stream.out(), b'Z', |b| b.push(b'I'));
     stream.flush().await.map_err(ProxyError::ClientIo)?;
-    tracing::info!(compute = %addr, "session started");
-    Ok(Session {
-        conn,
-        _cancel: cancel,
-    })
+    tracing::info!(compute = %conn.addr, mode = %pool.mode, "session started");
+    let held = session.then_some(conn);
+    Ok((PooledClient::new(pool, state, cancel), held))
+}
+
+/// Who logs in to a compute: the endpoint and role, with the SCRAM key and secret.
+pub(crate) struct Login<'a> {
+    pub endpoint: &'a EndpointName,
+    pub role: &'a RoleName,
+    pub key: &'a ClientKey,
+    pub secret: &'a ScramSecret,
 }
 
 /// Wakes the endpoint and connects, retrying with backoff while the compute is starting
 /// or has just stopped, until the wake timeout.
-async fn connect_with_wake(
-    shared: &Shared,
-    auth: &Authenticated,
+pub(crate) async fn connect_with_wake(
+    control: &ControlPlane,
+    compute_tls: Option<&Arc<ClientConfig>>,
+    wake_timeout: Duration,
+    login: &Login<'_>,
     params: &StartupParams,
 ) -> Result<(SocketAddr, ComputeConn), ProxyError> {
-    let deadline = Instant::now() + shared.opts.wake_timeout;
+    let deadline = Instant::now() + wake_timeout;
     let mut backoff = Duration::from_millis(20);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let addr = shared.control.wake(&auth.endpoint, remaining).await?;
-        let attempt = compute::connect(
-            addr,
-            shared.opts.compute_tls.as_ref(),
-            params,
-            &auth.client_key,
-            &auth.secret,
-        )
-        .await;
+        let addr = control.wake(login.endpoint, remaining).await?;
+        let attempt = compute::connect(addr, compute_tls, params, login.key, login.secret).await;
         match attempt {
             Ok(conn) => return Ok((addr, conn)),
             Err(ConnectError::Retryable(detail)) => {
                 if Instant::now() + backoff >= deadline {
                     return Err(ProxyError::ComputeConnect {
-                        endpoint: auth.endpoint.to_string(),
+                        endpoint: login.endpoint.to_string(),
                         detail,
                     });
                 }
@@ -329,37 +388,18 @@ async fn connect_with_wake(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             Err(ConnectError::StaleSecret) => {
-                shared.control.invalidate(&auth.endpoint, &auth.role);
+                control.invalidate(login.endpoint, login.role);
                 return Err(ProxyError::AuthFailed {
-                    user: auth.role.to_string(),
+                    user: login.role.to_string(),
                 });
             }
             Err(ConnectError::Postgres(raw)) => return Err(ProxyError::Upstream(raw)),
             Err(ConnectError::Fatal(detail)) => {
                 return Err(ProxyError::ComputeConnect {
-                    endpoint: auth.endpoint.to_string(),
+                    endpoint: login.endpoint.to_string(),
                     detail,
                 });
             }
         }
-    }
-}
-
-/// Copies bytes both ways until either side closes. Each direction uses one fixed buffer,
-/// so a slow reader makes the proxy stop reading from the writer (TCP backpressure) rather
-/// than buffer without bound.
-async fn relay(client: PqStream<Stream>, session: Session) {
-    use tokio::io::AsyncWriteExt;
-    let (mut client, client_ahead) = client.into_parts();
-    let (mut server, server_ahead) = session.conn.stream.into_parts();
-    let copied = async {
-        // Bytes read ahead during the startup phase belong to the other side.
-        server.write_all(&client_ahead).await?;
-        client.write_all(&server_ahead).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut server).await
-    };
-    match copied.await {
-        Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "session ended"),
-        Err(e) => tracing::debug!(error = %e, "session ended with an error"),
     }
 }

@@ -370,6 +370,11 @@ impl LakebedUp {
     /// Starts `lakebed up` on `dir` with the API (and proxy) on free loopback ports and waits (at most
     /// [`DEADLINE`]) for its banner. Its log (stderr) goes to a file beside `dir`.
     pub async fn start(dir: &DataDir) -> Self {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// As [`Self::start`], with extra `LAKEBED_*` settings in the environment.
+    pub async fn start_with(dir: &DataDir, env: &[(&str, &str)]) -> Self {
         let log = dir.path().with_extension(format!(
             "up-{}.log",
             std::time::SystemTime::now()
@@ -383,6 +388,8 @@ impl LakebedUp {
             .env("LAKEBED_MANAGER__LISTEN", "127.0.0.1:0")
             // So parallel tests (and a developer's own stack) never fight over port 6432.
             .env("LAKEBED_PROXY__LISTEN", "127.0.0.1:0")
+            .env("LAKEBED_PROXY__API_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -146,7 +146,9 @@ async fn sigterm_suspends_every_compute_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_and_role_commands_round_trip() {
     let dir = DataDir::new();
-    let mut up = LakebedUp::start(&dir).await;
+    // The proxy caches a role's verifier for proxy.auth_cache_ttl (10s by default); a deleted
+    // role is refused once that runs out. With no cache, at once.
+    let mut up = LakebedUp::start_with(&dir, &[("LAKEBED_PROXY__AUTH_CACHE_TTL", "0s")]).await;
 
     let created = lakebed(
         &dir,

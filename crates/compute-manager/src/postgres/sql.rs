@@ -12,6 +12,11 @@ use crate::catalog::RoleRecord;
 /// catalog can be found and dropped on the compute, while roles users create stay untouched.
 const MANAGED_MARK: &str = "managed by lakebed";
 
+/// The `application_name` of the proxy's pooled server connections. An idle one is not a
+/// client session: with transaction pooling, clients keep their proxy connections while the
+/// compute is suspended, and the pool reconnects on their next transaction.
+pub const POOLED_APPLICATION_NAME: &str = "lakebed-pool";
+
 /// How long one monitoring query may take before the compute is treated as unreachable.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,7 +100,7 @@ pub async fn sync_roles(
 /// What `pg_stat_activity` shows on a compute, less the manager's own connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Activity {
-    /// Client backends (sessions), whatever their state.
+    /// Client backends (sessions), whatever their state, less idle pooled connections.
     pub sessions: i64,
     /// Of those, running a query now.
     pub running: i64,
@@ -120,7 +125,8 @@ pub async fn activity(client: &Client) -> Result<Activity, tokio_postgres::Error
     let row = client
         .query_one(
             "SELECT
-                 count(*) FILTER (WHERE backend_type = 'client backend'),
+                 count(*) FILTER (WHERE backend_type = 'client backend'
+                                  AND NOT (application_name = $1 AND state = 'idle')),
                  count(*) FILTER (WHERE backend_type = 'client backend' AND state = 'active'),
                  count(*) FILTER (WHERE backend_type = 'client backend'
                                   AND state IN ('idle in transaction', 'idle in transaction (aborted)')),
@@ -128,7 +134,7 @@ pub async fn activity(client: &Client) -> Result<Activity, tokio_postgres::Error
                  count(*) FILTER (WHERE backend_type = 'walsender')
              FROM pg_stat_activity
              WHERE pid <> pg_backend_pid()",
-            &[],
+            &[&POOLED_APPLICATION_NAME],
         )
         .await?;
     Ok(Activity {

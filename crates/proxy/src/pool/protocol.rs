@@ -45,7 +45,10 @@ impl Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
     /// The client's own message: forward the server's answer, which ends with `ends_on`.
-    Forward { ends_on: Ends, parse_of: Option<u64> },
+    Forward {
+        ends_on: Ends,
+        parse_of: Option<u64>,
+    },
     /// A `Parse` the proxy injected: swallow its `ParseComplete`.
     SwallowParse { statement: u64 },
     /// An answer the proxy makes, sent when its turn comes.
@@ -154,6 +157,14 @@ enum Answer {
 }
 
 impl Exchange {
+    /// A fresh exchange; `keep_names` for session pooling (see the field).
+    pub fn new(keep_names: bool) -> Self {
+        Self {
+            keep_names,
+            ..Self::default()
+        }
+    }
+
     /// Whether the server connection can go back to the pool: every answer is in, no
     /// transaction is open and no COPY runs.
     pub fn is_idle(&self) -> bool {
@@ -221,7 +232,11 @@ impl Exchange {
                 body.extend_from_slice(name.as_bytes());
                 body.push(0);
                 body.extend_from_slice(rest);
-                Message { tag: b'B', body: body.into() }.encode(to_server);
+                Message {
+                    tag: b'B',
+                    body: body.into(),
+                }
+                .encode(to_server);
                 self.forward(Ends::Tag(b'2'));
             }
             b'D' => {
@@ -232,7 +247,11 @@ impl Exchange {
                     let mut body = vec![b'S'];
                     body.extend_from_slice(name.as_bytes());
                     body.push(0);
-                    Message { tag: b'D', body: body.into() }.encode(to_server);
+                    Message {
+                        tag: b'D',
+                        body: body.into(),
+                    }
+                    .encode(to_server);
                 } else {
                     msg.encode(to_server);
                 }
@@ -243,7 +262,9 @@ impl Exchange {
                 let (name, _) = split_cstr(rest).ok_or(Malformed("Close"))?;
                 if kind == b'S' && !name.is_empty() {
                     // The server keeps it for other clients; the client sees it closed.
-                    client.by_name.remove(&String::from_utf8_lossy(name).into_owned());
+                    client
+                        .by_name
+                        .remove(&String::from_utf8_lossy(name).into_owned());
                     self.queue.push_back(Expect::Made(b'3'));
                 } else {
                     msg.encode(to_server);
@@ -270,7 +291,10 @@ impl Exchange {
     }
 
     fn forward(&mut self, ends_on: Ends) {
-        self.queue.push_back(Expect::Forward { ends_on, parse_of: None });
+        self.queue.push_back(Expect::Forward {
+            ends_on,
+            parse_of: None,
+        });
     }
 
     fn parse(
@@ -293,14 +317,22 @@ impl Exchange {
         body.push(0);
         body.extend_from_slice(rest);
         let parse: Bytes = body.into();
-        client
-            .by_name
-            .insert(String::from_utf8_lossy(name).into_owned(), Statement { id, parse: parse.clone() });
+        client.by_name.insert(
+            String::from_utf8_lossy(name).into_owned(),
+            Statement {
+                id,
+                parse: parse.clone(),
+            },
+        );
         if server.prepared.contains(&id) {
             self.queue.push_back(Expect::Made(b'1'));
         } else {
             server.prepared.insert(id);
-            Message { tag: b'P', body: parse }.encode(to_server);
+            Message {
+                tag: b'P',
+                body: parse,
+            }
+            .encode(to_server);
             self.queue.push_back(Expect::Forward {
                 ends_on: Ends::Tag(b'1'),
                 parse_of: Some(id),
@@ -328,8 +360,13 @@ impl Exchange {
         };
         if !server.prepared.contains(&stmt.id) {
             server.prepared.insert(stmt.id);
-            Message { tag: b'P', body: stmt.parse.clone() }.encode(to_server);
-            self.queue.push_back(Expect::SwallowParse { statement: stmt.id });
+            Message {
+                tag: b'P',
+                body: stmt.parse.clone(),
+            }
+            .encode(to_server);
+            self.queue
+                .push_back(Expect::SwallowParse { statement: stmt.id });
         }
         Ok(server_name(stmt.id))
     }
@@ -359,7 +396,9 @@ impl Exchange {
         let verdict = match tag {
             // Asynchronous: notices, notifications, parameter changes.
             b'N' | b'A' | b'S' => match self.queue.front() {
-                Some(Expect::SwallowUntilReady) | Some(Expect::SwallowParse { .. }) => Answer::Swallow,
+                Some(Expect::SwallowUntilReady) | Some(Expect::SwallowParse { .. }) => {
+                    Answer::Swallow
+                }
                 _ => Answer::Forward,
             },
             b'G' | b'H' | b'W' => {
@@ -411,8 +450,16 @@ impl Exchange {
     fn error(&mut self, server: &mut ServerStatements) -> Answer {
         let verdict = match self.queue.front().cloned() {
             Some(Expect::SwallowUntilReady) => return Answer::Swallow,
-            Some(Expect::Forward { ends_on: Ends::Ready, .. }) | None => return Answer::Forward,
-            Some(Expect::SwallowParse { statement }) | Some(Expect::Forward { parse_of: Some(statement), .. }) => {
+            Some(Expect::Forward {
+                ends_on: Ends::Ready,
+                ..
+            })
+            | None => return Answer::Forward,
+            Some(Expect::SwallowParse { statement })
+            | Some(Expect::Forward {
+                parse_of: Some(statement),
+                ..
+            }) => {
                 // The statement was not created on this connection after all.
                 server.prepared.remove(&statement);
                 Answer::Forward
@@ -446,7 +493,6 @@ impl Exchange {
     pub fn flush_made(&mut self, to_client: &mut Vec<u8>) {
         self.emit_made(to_client);
     }
-
 }
 
 /// Whether a simple query drops all prepared statements (`DISCARD ALL`,
@@ -458,7 +504,10 @@ fn discards_statements(query: &[u8]) -> bool {
         .split(|c: char| c.is_whitespace() || c == ';')
         .filter(|w| !w.is_empty())
         .collect();
-    matches!(words.as_slice(), ["discard", "all", ..] | ["deallocate", "all", ..] | ["deallocate", "prepare", "all", ..])
+    matches!(
+        words.as_slice(),
+        ["discard", "all", ..] | ["deallocate", "all", ..] | ["deallocate", "prepare", "all", ..]
+    )
 }
 
 /// Hash of a Parse body after its name: query text and parameter types.
@@ -474,7 +523,10 @@ mod tests {
     use super::*;
 
     fn msg(tag: u8, body: &[u8]) -> Message {
-        Message { tag, body: Bytes::copy_from_slice(body) }
+        Message {
+            tag,
+            body: Bytes::copy_from_slice(body),
+        }
     }
 
     fn parse(name: &str, query: &str) -> Message {
@@ -523,8 +575,16 @@ mod tests {
         // Client 1 prepares s1 and runs it: Parse goes out renamed.
         let mut ex = Exchange::default();
         let mut out = Vec::new();
-        for m in [parse("s1", "SELECT 1"), bind("s1"), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")] {
-            assert!(ex.client_message(&m, &mut c1, &mut server, &mut out).unwrap());
+        for m in [
+            parse("s1", "SELECT 1"),
+            bind("s1"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ] {
+            assert!(
+                ex.client_message(&m, &mut c1, &mut server, &mut out)
+                    .unwrap()
+            );
         }
         assert_eq!(tags(&out), b"PBES");
         assert!(!String::from_utf8_lossy(&out).contains("s1"));
@@ -535,8 +595,14 @@ mod tests {
         let mut ex = Exchange::default();
         let mut out = Vec::new();
         let mut to_client = Vec::new();
-        for m in [parse("s1", "SELECT 1"), bind("s1"), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")] {
-            ex.client_message(&m, &mut c2, &mut server, &mut out).unwrap();
+        for m in [
+            parse("s1", "SELECT 1"),
+            bind("s1"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ] {
+            ex.client_message(&m, &mut c2, &mut server, &mut out)
+                .unwrap();
         }
         ex.flush_made(&mut to_client);
         assert_eq!(tags(&to_client), b"1", "ParseComplete made at once");
@@ -548,9 +614,14 @@ mod tests {
         let mut ex = Exchange::default();
         let mut out = Vec::new();
         for m in [bind("s1"), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")] {
-            ex.client_message(&m, &mut c1, &mut fresh, &mut out).unwrap();
+            ex.client_message(&m, &mut c1, &mut fresh, &mut out)
+                .unwrap();
         }
-        assert_eq!(tags(&out), b"PBES", "no 26000: the statement is prepared first");
+        assert_eq!(
+            tags(&out),
+            b"PBES",
+            "no 26000: the statement is prepared first"
+        );
         assert_eq!(answer(&mut ex, &mut fresh, b"12DCZ"), b"2DCZ");
     }
 
@@ -560,9 +631,12 @@ mod tests {
         let mut server = ServerStatements::default();
         let mut ex = Exchange::default();
         let mut out = Vec::new();
-        ex.client_message(&parse("s1", "SELECT 1"), &mut c, &mut server, &mut out).unwrap();
-        ex.client_message(&msg(b'C', b"Ss1\0"), &mut c, &mut server, &mut out).unwrap();
-        ex.client_message(&msg(b'S', b""), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&parse("s1", "SELECT 1"), &mut c, &mut server, &mut out)
+            .unwrap();
+        ex.client_message(&msg(b'C', b"Ss1\0"), &mut c, &mut server, &mut out)
+            .unwrap();
+        ex.client_message(&msg(b'S', b""), &mut c, &mut server, &mut out)
+            .unwrap();
         assert_eq!(tags(&out), b"PS");
         assert_eq!(answer(&mut ex, &mut server, b"1Z"), b"13Z");
         assert!(c.by_name.is_empty());
@@ -575,11 +649,20 @@ mod tests {
         let mut server = ServerStatements::default();
         let mut ex = Exchange::default();
         let mut out = Vec::new();
-        for m in [parse("bad", "SELEC"), bind("bad"), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")] {
-            ex.client_message(&m, &mut c, &mut server, &mut out).unwrap();
+        for m in [
+            parse("bad", "SELEC"),
+            bind("bad"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ] {
+            ex.client_message(&m, &mut c, &mut server, &mut out)
+                .unwrap();
         }
         assert_eq!(answer(&mut ex, &mut server, b"EZ"), b"EZ");
-        assert!(server.prepared.is_empty(), "the failed statement is not on the server");
+        assert!(
+            server.prepared.is_empty(),
+            "the failed statement is not on the server"
+        );
         assert!(ex.is_idle());
     }
 
@@ -589,12 +672,16 @@ mod tests {
         let mut server = ServerStatements::default();
         let mut ex = Exchange::default();
         let mut out = Vec::new();
-        ex.client_message(&parse("a", "SELECT 1"), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&parse("a", "SELECT 1"), &mut c, &mut server, &mut out)
+            .unwrap();
         // Same text again under another name: answered by the proxy, but after the error
         // the server would have skipped it, so no ParseComplete may reach the client.
-        ex.client_message(&msg(b'E', b"\0\0\0\0\0"), &mut c, &mut server, &mut out).unwrap();
-        ex.client_message(&parse("b", "SELECT 1"), &mut c, &mut server, &mut out).unwrap();
-        ex.client_message(&msg(b'S', b""), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&msg(b'E', b"\0\0\0\0\0"), &mut c, &mut server, &mut out)
+            .unwrap();
+        ex.client_message(&parse("b", "SELECT 1"), &mut c, &mut server, &mut out)
+            .unwrap();
+        ex.client_message(&msg(b'S', b""), &mut c, &mut server, &mut out)
+            .unwrap();
         assert_eq!(answer(&mut ex, &mut server, b"1EZ"), b"1EZ");
     }
 
@@ -604,23 +691,36 @@ mod tests {
         let mut server = ServerStatements::default();
         let mut ex = Exchange::default();
         let mut out = Vec::new();
-        ex.client_message(&msg(b'Q', b"BEGIN\0"), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&msg(b'Q', b"BEGIN\0"), &mut c, &mut server, &mut out)
+            .unwrap();
         let mut sink = Vec::new();
         ex.server_message(b'C', b"", &mut server, &mut sink);
         ex.server_message(b'Z', b"T", &mut server, &mut sink);
         assert!(!ex.is_idle(), "inside a transaction");
-        ex.client_message(&msg(b'Q', b"COPY t FROM STDIN\0"), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(
+            &msg(b'Q', b"COPY t FROM STDIN\0"),
+            &mut c,
+            &mut server,
+            &mut out,
+        )
+        .unwrap();
         ex.server_message(b'G', b"", &mut server, &mut sink);
         assert!(ex.is_waiting());
-        ex.client_message(&msg(b'd', b"1\n"), &mut c, &mut server, &mut out).unwrap();
-        ex.client_message(&msg(b'c', b""), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&msg(b'd', b"1\n"), &mut c, &mut server, &mut out)
+            .unwrap();
+        ex.client_message(&msg(b'c', b""), &mut c, &mut server, &mut out)
+            .unwrap();
         ex.server_message(b'C', b"", &mut server, &mut sink);
         ex.server_message(b'Z', b"T", &mut server, &mut sink);
-        ex.client_message(&msg(b'Q', b"COMMIT\0"), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&msg(b'Q', b"COMMIT\0"), &mut c, &mut server, &mut out)
+            .unwrap();
         ex.server_message(b'C', b"", &mut server, &mut sink);
         ex.server_message(b'Z', b"I", &mut server, &mut sink);
         assert!(ex.is_idle());
-        assert!(!ex.client_message(&msg(b'X', b""), &mut c, &mut server, &mut out).unwrap());
+        assert!(
+            !ex.client_message(&msg(b'X', b""), &mut c, &mut server, &mut out)
+                .unwrap()
+        );
     }
 
     #[test]
@@ -629,8 +729,10 @@ mod tests {
         let mut server = ServerStatements::default();
         let mut ex = Exchange::default();
         let mut out = Vec::new();
-        ex.client_message(&parse("", "SELECT 1"), &mut c, &mut server, &mut out).unwrap();
-        ex.client_message(&msg(b'H', b""), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&parse("", "SELECT 1"), &mut c, &mut server, &mut out)
+            .unwrap();
+        ex.client_message(&msg(b'H', b""), &mut c, &mut server, &mut out)
+            .unwrap();
         answer(&mut ex, &mut server, b"1");
         assert!(!ex.is_waiting());
         assert!(!ex.is_idle(), "no Sync yet: the server is mid-cycle");
@@ -643,10 +745,13 @@ mod tests {
         let mut server = ServerStatements::default();
         let mut ex = Exchange::default();
         let mut out = Vec::new();
-        ex.client_message(&parse("s", "SELECT 1"), &mut c, &mut server, &mut out).unwrap();
-        ex.client_message(&msg(b'S', b""), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&parse("s", "SELECT 1"), &mut c, &mut server, &mut out)
+            .unwrap();
+        ex.client_message(&msg(b'S', b""), &mut c, &mut server, &mut out)
+            .unwrap();
         answer(&mut ex, &mut server, b"1Z");
-        ex.client_message(&msg(b'Q', b"discard ALL;\0"), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&msg(b'Q', b"discard ALL;\0"), &mut c, &mut server, &mut out)
+            .unwrap();
         answer(&mut ex, &mut server, b"CZ");
         assert!(c.by_name.is_empty());
         assert!(server.prepared.is_empty());
@@ -659,7 +764,8 @@ mod tests {
         let mut ex = Exchange::default();
         ex.expect_reset();
         let mut out = Vec::new();
-        ex.client_message(&msg(b'Q', b"SELECT 1\0"), &mut c, &mut server, &mut out).unwrap();
+        ex.client_message(&msg(b'Q', b"SELECT 1\0"), &mut c, &mut server, &mut out)
+            .unwrap();
         assert_eq!(answer(&mut ex, &mut server, b"CSCZTDCZ"), b"TDCZ");
     }
 
@@ -669,8 +775,18 @@ mod tests {
         let mut server = ServerStatements::default();
         let mut ex = Exchange::default();
         let mut out = Vec::new();
-        for m in [msg(b'P', b"noterm"), msg(b'B', b"\0noterm"), msg(b'D', b""), msg(b'C', b"S"), msg(b'B', b"\0\xff\0")] {
-            assert!(ex.client_message(&m, &mut c, &mut server, &mut out).is_err(), "{m:?}");
+        for m in [
+            msg(b'P', b"noterm"),
+            msg(b'B', b"\0noterm"),
+            msg(b'D', b""),
+            msg(b'C', b"S"),
+            msg(b'B', b"\0\xff\0"),
+        ] {
+            assert!(
+                ex.client_message(&m, &mut c, &mut server, &mut out)
+                    .is_err(),
+                "{m:?}"
+            );
         }
     }
 }

@@ -71,14 +71,17 @@ impl bb8::ManageConnection for ServerManager {
             params.set("database", db.clone());
         }
         params.set("application_name", POOL_APPLICATION_NAME.to_owned());
+        let login = crate::session::Login {
+            endpoint: &self.endpoint,
+            role: &self.role,
+            key: &self.key,
+            secret: &self.secret,
+        };
         let (addr, conn) = crate::session::connect_with_wake(
             &self.control,
             self.compute_tls.as_ref(),
             self.wake_timeout,
-            &self.endpoint,
-            &self.role,
-            &self.key,
-            &self.secret,
+            &login,
             &params,
         )
         .await?;
@@ -101,19 +104,13 @@ impl bb8::ManageConnection for ServerManager {
     /// is readable (a FATAL from a compute that shut down, or EOF) it is dead.
     async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), ProxyError> {
         if conn.broken || !conn.buf.is_empty() {
-            return Err(ProxyError::ComputeConnect {
-                endpoint: self.endpoint.to_string(),
-                detail: "pooled connection has unread data".into(),
-            });
+            return Err(ProxyError::StaleConnection);
         }
         match tokio::time::timeout(Duration::ZERO, conn.rd.read_buf(&mut conn.buf)).await {
             Err(_) => Ok(()), // nothing to read: alive and idle
             Ok(_) => {
                 conn.broken = true;
-                Err(ProxyError::ComputeConnect {
-                    endpoint: self.endpoint.to_string(),
-                    detail: "pooled connection was closed by the compute".into(),
-                })
+                Err(ProxyError::StaleConnection)
             }
         }
     }
@@ -155,6 +152,72 @@ impl ServerConn {
     }
 }
 
+impl ServerConn {
+    /// Applies a session state (`sql` from [`SessionState::apply_sql`]) and returns the
+    /// parameters the server reported as changed.
+    ///
+    /// # Errors
+    ///
+    /// The server's first `ErrorResponse`, raw (the client's settings are invalid), or an
+    /// empty message if the connection failed; either way the connection's applied state
+    /// is unknown afterwards.
+    pub async fn apply_state(&mut self, sql: &str) -> Result<Vec<(String, String)>, bytes::Bytes> {
+        let mut out = Vec::new();
+        crate::pqproto::put_message(&mut out, b'Q', |b| {
+            b.extend_from_slice(sql.as_bytes());
+            b.push(0);
+        });
+        let mut changed = Vec::new();
+        let mut error = None;
+        let done = tokio::time::timeout(Duration::from_secs(30), async {
+            self.wr.write_all(&out).await.ok()?;
+            loop {
+                while let Some((tag, body)) = take_frame(&mut self.buf, MAX_SERVER_MESSAGE).ok()? {
+                    match tag {
+                        b'S' => changed.extend(parameter_status(&body)),
+                        b'E' if error.is_none() => {
+                            let mut raw = Vec::with_capacity(body.len() + 5);
+                            crate::pqproto::put_message(&mut raw, b'E', |b| {
+                                b.extend_from_slice(&body)
+                            });
+                            error = Some(bytes::Bytes::from(raw));
+                        }
+                        b'Z' => return Some(()),
+                        _ => {}
+                    }
+                }
+                if self.rd.read_buf(&mut self.buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        match (done, error) {
+            (Some(()), None) => Ok(changed),
+            (Some(()), Some(e)) => {
+                self.applied = 0;
+                Err(e)
+            }
+            (None, _) => {
+                self.broken = true;
+                Err(bytes::Bytes::new())
+            }
+        }
+    }
+}
+
+/// The (name, value) of a `ParameterStatus` body.
+pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let (name, rest) = crate::pqproto::split_cstr(body)?;
+    let (value, _) = crate::pqproto::split_cstr(rest)?;
+    Some((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
+}
+
 /// Longest message accepted from a compute (PostgreSQL's own limit, `MaxAllocSize`).
 pub const MAX_SERVER_MESSAGE: usize = 0x3fff_ffff;
 
@@ -194,8 +257,15 @@ mod tests {
     #[test]
     fn frames_are_taken_whole_and_bad_lengths_refused() {
         let mut buf = BytesMut::from(&b"Z\0\0\0\x05IC\0\0"[..]);
-        assert_eq!(take_frame(&mut buf, 100).unwrap(), Some((b'Z', bytes::Bytes::from_static(b"I"))));
-        assert_eq!(take_frame(&mut buf, 100).unwrap(), None, "partial message stays");
+        assert_eq!(
+            take_frame(&mut buf, 100).unwrap(),
+            Some((b'Z', bytes::Bytes::from_static(b"I")))
+        );
+        assert_eq!(
+            take_frame(&mut buf, 100).unwrap(),
+            None,
+            "partial message stays"
+        );
         assert_eq!(&buf[..], b"C\0\0");
         let mut bad = BytesMut::from(&b"Z\0\0\0\x02"[..]);
         assert_eq!(take_frame(&mut bad, 100), Err(BadLength(2)));

@@ -14,14 +14,20 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use crate::pqproto::StartupParams;
 use crate::pool::protocol::Message;
+use crate::pqproto::StartupParams;
 
 /// Startup parameters that are not settings, or that the pool handles itself.
-const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication", "application_name"];
+const NOT_SETTINGS: &[&str] = &[
+    "user",
+    "database",
+    "options",
+    "replication",
+    "application_name",
+];
 
 /// A client's settings, as SQL to apply.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct SessionState {
     /// Startup parameters and `-c` options: name → value.
     startup: BTreeMap<String, String>,
@@ -33,7 +39,12 @@ pub struct SessionState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// `SET name ...`: the statement to replay.
-    Set { name: String, statement: String },
+    Set {
+        /// The setting, lowercase.
+        name: String,
+        /// The whole statement.
+        statement: String,
+    },
     /// `RESET name`.
     Reset(String),
     /// `RESET ALL`.
@@ -53,12 +64,18 @@ impl SessionState {
             }
         }
         if application_name {
-            startup.insert("application_name".to_owned(), params.get("application_name").unwrap_or("").to_owned());
+            startup.insert(
+                "application_name".to_owned(),
+                params.get("application_name").unwrap_or("").to_owned(),
+            );
         }
         for (k, v) in option_settings(options) {
             startup.insert(k, v);
         }
-        Self { startup, sets: Vec::new() }
+        Self {
+            startup,
+            sets: Vec::new(),
+        }
     }
 
     /// A number that is equal for equal states.
@@ -80,7 +97,13 @@ impl SessionState {
             let calls: Vec<String> = self
                 .startup
                 .iter()
-                .map(|(k, v)| format!("pg_catalog.set_config({}, {}, false)", literal(k), literal(v)))
+                .map(|(k, v)| {
+                    format!(
+                        "pg_catalog.set_config({}, {}, false)",
+                        literal(k),
+                        literal(v)
+                    )
+                })
                 .collect();
             sql.push_str(&format!(" SELECT {};", calls.join(", ")));
         }
@@ -95,7 +118,8 @@ impl SessionState {
     /// Applies a confirmed change.
     pub fn apply(&mut self, change: Change) {
         match change {
-            Change::Set { name, statement } => match self.sets.iter_mut().find(|(n, _)| *n == name) {
+            Change::Set { name, statement } => match self.sets.iter_mut().find(|(n, _)| *n == name)
+            {
                 Some(entry) => entry.1 = statement,
                 None => self.sets.push((name, statement)),
             },
@@ -111,7 +135,11 @@ pub fn change_of(query: &str) -> Option<Change> {
     if text.is_empty() || text.contains(';') {
         return None;
     }
-    let words: Vec<String> = text.split_whitespace().take(3).map(|w| w.to_ascii_lowercase()).collect();
+    let words: Vec<String> = text
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
     match words.first().map(String::as_str)? {
         "set" => {
             let mut name = words.get(1)?.clone();
@@ -121,8 +149,15 @@ pub fn change_of(query: &str) -> Option<Change> {
             if matches!(name.as_str(), "local" | "transaction" | "constraints") {
                 return None;
             }
-            let name = name.split(['=', '\'']).next().unwrap_or_default().to_owned();
-            Some(Change::Set { name, statement: text.to_owned() })
+            let name = name
+                .split(['=', '\''])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            Some(Change::Set {
+                name,
+                statement: text.to_owned(),
+            })
         }
         "reset" => match words.get(1)?.as_str() {
             "all" => Some(Change::ResetAll),
@@ -199,22 +234,40 @@ mod tests {
         assert!(sql.contains("set_config('DateStyle', 'ISO, MDY', false)"));
         assert!(sql.contains("set_config('search_path', 'app', false)"));
         assert!(sql.contains("set_config('work_mem', '8MB', false)"));
-        assert!(!sql.contains("psql"), "transaction pooling leaves application_name to the pool");
-        assert!(SessionState::from_startup(&p, "", true).apply_sql().contains("'application_name', 'psql'"));
+        assert!(
+            !sql.contains("psql"),
+            "transaction pooling leaves application_name to the pool"
+        );
+        assert!(
+            SessionState::from_startup(&p, "", true)
+                .apply_sql()
+                .contains("'application_name', 'psql'")
+        );
     }
 
     #[test]
     fn set_and_reset_are_recognised() {
         assert_eq!(
             change_of("SET search_path = app;"),
-            Some(Change::Set { name: "search_path".into(), statement: "SET search_path = app".into() })
+            Some(Change::Set {
+                name: "search_path".into(),
+                statement: "SET search_path = app".into()
+            })
         );
-        assert!(matches!(change_of("set session TimeZone to 'UTC'"), Some(Change::Set { name, .. }) if name == "timezone"));
+        assert!(
+            matches!(change_of("set session TimeZone to 'UTC'"), Some(Change::Set { name, .. }) if name == "timezone")
+        );
         assert_eq!(change_of("SET LOCAL x = 1"), None);
-        assert_eq!(change_of("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), None);
+        assert_eq!(
+            change_of("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            None
+        );
         assert_eq!(change_of("SET a = 1; SELECT 1"), None);
         assert_eq!(change_of("reset ALL"), Some(Change::ResetAll));
-        assert_eq!(change_of("RESET search_path"), Some(Change::Reset("search_path".into())));
+        assert_eq!(
+            change_of("RESET search_path"),
+            Some(Change::Reset("search_path".into()))
+        );
         assert_eq!(change_of("SELECT 1"), None);
     }
 
