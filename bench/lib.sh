@@ -1,11 +1,14 @@
 # Shared by the benchmark scripts: start a release `lakebed up` on a scratch data dir and
 # read what its banner says. Source it; it defines start_lakebed and stop_lakebed.
 
+# LAKEBED_EXTRA_ENV: more settings for `lakebed up`, as NAME=VALUE words, e.g.
+# LAKEBED_EXTRA_ENV="LAKEBED_PROXY__POOL__POOL_SIZE=20".
 start_lakebed() {
   BENCH_DIR=$(mktemp -d /tmp/lakebed-bench.XXXXXX)
   chmod 0711 "$BENCH_DIR"
-  LAKEBED_MANAGER__LISTEN=127.0.0.1:0 LAKEBED_PROXY__LISTEN=127.0.0.1:0 LAKEBED_PROXY__API_LISTEN=127.0.0.1:0 \
-  LAKEBED_ENDPOINTS__MAIN__SUSPEND_TIMEOUT=never RUST_LOG=warn \
+  # shellcheck disable=SC2086 # NAME=VALUE words
+  env LAKEBED_MANAGER__LISTEN=127.0.0.1:0 LAKEBED_PROXY__LISTEN=127.0.0.1:0 LAKEBED_PROXY__API_LISTEN=127.0.0.1:0 \
+  LAKEBED_ENDPOINTS__MAIN__SUSPEND_TIMEOUT=never RUST_LOG=warn ${LAKEBED_EXTRA_ENV:-} \
     "$ROOT/target/release/lakebed" up --data-dir "$BENCH_DIR/data" >"$BENCH_DIR/up.out" 2>"$BENCH_DIR/up.err" &
   LAKEBED_PID=$!
   for _ in $(seq 1 600); do
@@ -25,9 +28,17 @@ start_lakebed() {
   PROXIED="host=127.0.0.1 port=$PROXY_PORT user=lakebed dbname=postgres sslmode=disable"
 }
 
+# Runs as an EXIT trap under `set -e`: a failing status here (`wait` returns 143 for the
+# PgBouncer it just stopped) would end it before `lakebed up` is stopped, so none may fail.
 stop_lakebed() {
-  [ -n "${PGBOUNCER_PID:-}" ] && kill "$PGBOUNCER_PID" 2>/dev/null && wait "$PGBOUNCER_PID" 2>/dev/null
-  [ -n "${LAKEBED_PID:-}" ] && kill -TERM "$LAKEBED_PID" 2>/dev/null && wait "$LAKEBED_PID" 2>/dev/null
+  if [ -n "${PGBOUNCER_PID:-}" ]; then
+    kill "$PGBOUNCER_PID" 2>/dev/null || true
+    wait "$PGBOUNCER_PID" 2>/dev/null || true
+  fi
+  if [ -n "${LAKEBED_PID:-}" ]; then
+    kill -TERM "$LAKEBED_PID" 2>/dev/null || true
+    wait "$LAKEBED_PID" 2>/dev/null || true
+  fi
   rm -rf "$BENCH_DIR"
 }
 

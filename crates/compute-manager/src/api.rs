@@ -84,6 +84,12 @@ pub fn router(manager: Manager, token: &str) -> Router {
         )
         .merge(authed)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "this route does not take that method",
+            )
+        })
         .with_state(state)
 }
 

@@ -27,6 +27,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// No such API route. HTTP 404.
     NotFound,
+    /// The route exists but not with that method. HTTP 405.
+    MethodNotAllowed,
     /// The compute could not be started (see the message and log tail). HTTP 503.
     ComputeStartFailed,
     /// No free TCP port was found for a compute. HTTP 503.
@@ -176,6 +178,7 @@ impl ErrorCode {
             Self::EndpointExists | Self::RoleExists => 409,
             Self::InvalidInput => 400,
             Self::Unauthorized => 401,
+            Self::MethodNotAllowed => 405,
             Self::ComputeStartFailed | Self::NoFreePort | Self::ShuttingDown => 503,
             Self::PostgresNotFound | Self::Internal => 500,
         }

@@ -12,6 +12,10 @@ use rand::distr::Alphanumeric;
 
 use crate::ManagerError;
 
+/// Most PBKDF2 iterations a verifier may ask for. Clients pay them at every login, and the
+/// proxy pays them for cleartext logins; PostgreSQL's default is 4096.
+pub const MAX_ITERATIONS: u32 = 1_000_000;
+
 /// A syntactically valid SCRAM-SHA-256 verifier.
 ///
 /// `Debug` prints only the iteration count: a verifier is not a password, but an offline
@@ -47,8 +51,8 @@ impl Verifier {
         let iterations: u32 = iterations
             .parse()
             .map_err(|_| bad("iterations is not a number"))?;
-        if iterations == 0 {
-            return Err(bad("iterations must be positive"));
+        if !(1..=MAX_ITERATIONS).contains(&iterations) {
+            return Err(bad("iterations must be between 1 and 1000000"));
         }
         let (stored, server) = keys.split_once(':').ok_or_else(|| bad("missing ':'"))?;
         if !is_base64(salt) || salt.is_empty() {
@@ -107,6 +111,7 @@ mod tests {
             "SCRAM-SHA-256$x:c2FsdA==$a:b",
             "SCRAM-SHA-256$0:c2FsdA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
             "SCRAM-SHA-256$4096:c2FsdA==$short:short",
+            "SCRAM-SHA-256$4294967295:c2FsdA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
             "SCRAM-SHA-256$4096:sa'lt$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         ] {
             assert!(Verifier::parse(bad).is_err(), "{bad:?} was accepted");

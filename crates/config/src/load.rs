@@ -31,9 +31,16 @@ const ENV_PREFIX: &str = "LAKEBED_";
 /// Separator between key levels in an environment variable name.
 const ENV_SEPARATOR: &str = "__";
 
-/// Top-level keys of [`Config`]. Only `LAKEBED_*` variables that start with one of these
-/// are read, so unrelated variables (say `LAKEBED_LOG`) don't fail the load as unknown keys.
-const TOP_LEVEL_KEYS: [&str; 5] = ["data_dir", "manager", "compute", "proxy", "endpoints"];
+/// Top-level keys of [`Config`]. `LAKEBED_*` variables that start with one of these, or
+/// name a nested key, are read; others (say `LAKEBED_LOG`) don't fail the load.
+const TOP_LEVEL_KEYS: [&str; 6] = [
+    "data_dir",
+    "manager",
+    "compute",
+    "proxy",
+    "pageserver",
+    "endpoints",
+];
 
 /// Source name for checks on values that no provider can be blamed for.
 const GENERIC_SOURCE: &str = "configuration";
@@ -108,6 +115,10 @@ impl std::error::Error for ConfigError {}
 /// start_timeout = "60s"
 /// stop_timeout = "30s"
 ///
+/// [pageserver]
+/// listen = "127.0.0.1:6434"
+/// data_dir = "/var/lib/lakebed/pages"
+///
 /// [endpoints.main]
 /// suspend_timeout = "10m"
 /// keep_warm = ["Mon-Fri 08:00-18:00 Europe/Berlin"]
@@ -124,6 +135,8 @@ pub struct Config {
     pub compute: ComputeConfig,
     /// The client-facing proxy (`[proxy]`).
     pub proxy: ProxyConfig,
+    /// The page store (`[pageserver]`).
+    pub pageserver: PageServerConfig,
     /// Per-endpoint settings (`[endpoints.NAME]`); keys must be valid [`EndpointName`]s.
     /// Endpoints not listed use the default policy. Default empty.
     pub endpoints: BTreeMap<EndpointName, EndpointConfig>,
@@ -137,6 +150,7 @@ impl Default for Config {
             manager: ManagerConfig::default(),
             compute: ComputeConfig::default(),
             proxy: ProxyConfig::default(),
+            pageserver: PageServerConfig::default(),
             endpoints: BTreeMap::new(),
         }
     }
@@ -230,8 +244,9 @@ pub struct ProxyConfig {
     /// Allow cleartext password authentication (needed for the `endpoint=NAME;password`
     /// form). Only ever offered over TLS. Default `false`.
     pub allow_cleartext: bool,
-    /// How long a role's SCRAM verifier fetched from the compute manager is reused.
-    /// Default `10s`.
+    /// How long a role's SCRAM verifier fetched from the compute manager is reused. A
+    /// deleted role or changed password takes effect at the proxy within this time.
+    /// Default `1s`; `0s` asks the manager at every login.
     pub auth_cache_ttl: HumanDuration,
     /// How long a client waits for its endpoint's compute to wake before it gets 57P03.
     /// Default `90s`.
@@ -261,7 +276,7 @@ impl Default for ProxyConfig {
             default_endpoint: "main".to_owned(),
             require_tls: None,
             allow_cleartext: false,
-            auth_cache_ttl: HumanDuration(Duration::from_secs(10)),
+            auth_cache_ttl: HumanDuration(Duration::from_secs(1)),
             wake_timeout: HumanDuration(Duration::from_secs(90)),
             auth_failures_per_minute: 10,
             max_client_connections: 10_000,
@@ -281,6 +296,39 @@ impl ProxyConfig {
     /// The default endpoint, if one is set.
     pub fn default_endpoint(&self) -> Option<EndpointName> {
         self.default_endpoint.parse().ok()
+    }
+}
+
+/// The page store (`[pageserver]`): where it listens and keeps its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PageServerConfig {
+    /// Where the page store serves gRPC, `ip:port`. Default `127.0.0.1:6434`. Any address is
+    /// allowed (computes may run on other hosts); off loopback, set `tls_cert` and `tls_key`.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub listen: SocketAddr,
+    /// Directory of the page store's file. Default none: `<data_dir>/pageserver` (see
+    /// [`Config::pageserver_data_dir`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain to serve TLS with. Default none: plaintext. Give both or neither
+    /// of `tls_cert` and `tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for PageServerConfig {
+    /// Loopback port 6434, data under the data directory, no TLS.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 6434)),
+            data_dir: None,
+            tls_cert: None,
+            tls_key: None,
+        }
     }
 }
 
@@ -414,6 +462,15 @@ impl EndpointConfig {
 }
 
 impl Config {
+    /// The page store's directory: `pageserver.data_dir` if set, else
+    /// `<data_dir>/pageserver`.
+    pub fn pageserver_data_dir(&self) -> PathBuf {
+        self.pageserver
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pageserver"))
+    }
+
     /// Loads the configuration: defaults, then a TOML file, then environment variables.
     ///
     /// - `file: Some(path)`: that file is read and must exist.
@@ -425,7 +482,7 @@ impl Config {
     /// `data_dir`, `LAKEBED_MANAGER__LISTEN=127.0.0.1:7000` sets `manager.listen`,
     /// `LAKEBED_ENDPOINTS__MAIN__SUSPEND_TIMEOUT=never` sets
     /// `endpoints.main.suspend_timeout`. Only variables whose first level is a top-level
-    /// key (`data_dir`, `manager`, `compute`, `endpoints`) are read.
+    /// key (`data_dir`, `manager`, `compute`, `proxy`, `pageserver`, `endpoints`) are read.
     ///
     /// # Errors
     ///
@@ -523,10 +580,23 @@ impl Config {
         {
             return fail("proxy.default_endpoint", e.to_string());
         }
-        if p.domain.is_empty() || p.domain.starts_with('.') || p.domain.ends_with('.') {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if p.domain.len() > 253 || !p.domain.split('.').all(label_ok) {
             return fail(
                 "proxy.domain",
                 format!("{:?} is not a domain like db.example.com", p.domain),
+            );
+        }
+        if p.pool.max_endpoint_connections == 0 {
+            return fail(
+                "proxy.pool.max_endpoint_connections",
+                "must be at least 1".to_owned(),
             );
         }
         if p.pool.pool_size == 0 {
@@ -555,6 +625,26 @@ impl Config {
         }
         if p.wake_timeout.get().is_zero() {
             return fail("proxy.wake_timeout", "must be more than 0s".to_owned());
+        }
+        let ps = &self.pageserver;
+        if ps.tls_cert.is_some() != ps.tls_key.is_some() {
+            let key = if ps.tls_cert.is_some() {
+                "pageserver.tls_key"
+            } else {
+                "pageserver.tls_cert"
+            };
+            return fail(
+                key,
+                "pageserver.tls_cert and pageserver.tls_key go together: give both or neither"
+                    .to_owned(),
+            );
+        }
+        if ps
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return fail("pageserver.data_dir", "must not be empty".to_owned());
         }
         let c = &self.compute;
         if c.os_user.trim().is_empty() {
@@ -752,9 +842,13 @@ impl Provider for EnvSource {
 fn env_provider() -> EnvSource {
     EnvSource(
         Env::prefixed(ENV_PREFIX)
+            // A variable naming a nested key (`__`) is meant as configuration, so a typo in
+            // it (`LAKEBED_PROXI__LISTEN`) is reported as an unknown key; a single-level
+            // one that is not a top-level key (`LAKEBED_LOG`) belongs to someone else.
             .filter(|key| {
                 let first = key.as_str().split(ENV_SEPARATOR).next().unwrap_or_default();
-                TOP_LEVEL_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
+                key.as_str().contains(ENV_SEPARATOR)
+                    || TOP_LEVEL_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
             })
             .split(ENV_SEPARATOR),
     )
@@ -798,6 +892,16 @@ mod tests {
         assert_eq!(config.compute.start_timeout.get(), Duration::from_secs(60));
         assert_eq!(config.compute.stop_timeout.get(), Duration::from_secs(30));
         assert!(config.endpoints.is_empty());
+        assert_eq!(config.pageserver.listen, "127.0.0.1:6434".parse().unwrap());
+        assert_eq!(config.pageserver.data_dir, None);
+        assert_eq!(
+            config.pageserver_data_dir(),
+            PathBuf::from(".lakebed/pageserver")
+        );
+        assert_eq!(
+            (&config.pageserver.tls_cert, &config.pageserver.tls_key),
+            (&None, &None)
+        );
         assert_eq!(Config::from_toml_str("empty.toml", "").unwrap(), config);
     }
 
@@ -890,6 +994,78 @@ mod tests {
             policy.keep_warm.is_empty(),
             "missing keep_warm takes the default"
         );
+    }
+
+    #[test]
+    fn pageserver_section() {
+        let config = Config::from_toml_str(
+            "lakebed.toml",
+            "data_dir = \"/srv/lb\"\n[pageserver]\nlisten = \"0.0.0.0:7434\"\n\
+             tls_cert = \"/etc/ps.crt\"\ntls_key = \"/etc/ps.key\"",
+        )
+        .unwrap();
+        assert_eq!(config.pageserver.listen, "0.0.0.0:7434".parse().unwrap());
+        assert_eq!(
+            config.pageserver_data_dir(),
+            PathBuf::from("/srv/lb/pageserver")
+        );
+        assert_eq!(
+            config.pageserver.tls_cert,
+            Some(PathBuf::from("/etc/ps.crt"))
+        );
+        assert_eq!(
+            config.pageserver.tls_key,
+            Some(PathBuf::from("/etc/ps.key"))
+        );
+
+        let config =
+            Config::from_toml_str("lakebed.toml", "[pageserver]\ndata_dir = \"/fast/pages\"")
+                .unwrap();
+        assert_eq!(config.pageserver_data_dir(), PathBuf::from("/fast/pages"));
+
+        let cases = [
+            (
+                "[pageserver]\nlisten = \"6434\"",
+                "lakebed.toml: pageserver.listen: \"6434\" is not an address like 127.0.0.1:6480 or [::1]:6480",
+            ),
+            (
+                "[pageserver]\ntls_cert = \"/etc/ps.crt\"",
+                "lakebed.toml: pageserver.tls_key: pageserver.tls_cert and pageserver.tls_key go together: give both or neither",
+            ),
+            (
+                "[pageserver]\ntls_key = \"/etc/ps.key\"",
+                "lakebed.toml: pageserver.tls_cert: pageserver.tls_cert and pageserver.tls_key go together: give both or neither",
+            ),
+            (
+                "[pageserver]\ndata_dir = \"\"",
+                "lakebed.toml: pageserver.data_dir: must not be empty",
+            ),
+            (
+                "[pageserver]\nlisten_addr = \"127.0.0.1:1\"",
+                "lakebed.toml: pageserver.listen_addr: unknown key",
+            ),
+        ];
+        for (toml, want) in cases {
+            let err = Config::from_toml_str("lakebed.toml", toml).unwrap_err();
+            assert_eq!(err.to_string(), want, "toml {toml:?}");
+        }
+    }
+
+    #[test]
+    fn pageserver_env_overrides() {
+        Jail::expect_with(|jail| {
+            jail.set_env("LAKEBED_PAGESERVER__LISTEN", "127.0.0.1:7000");
+            jail.set_env("LAKEBED_PAGESERVER__DATA_DIR", "/env/pages");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.pageserver.listen, "127.0.0.1:7000".parse().unwrap());
+            assert_eq!(config.pageserver_data_dir(), PathBuf::from("/env/pages"));
+
+            jail.set_env("LAKEBED_PAGESERVER__LISTEN", "nowhere");
+            let (source, key, _) = invalid(Config::load(None).unwrap_err());
+            assert_eq!(source, "environment variable LAKEBED_PAGESERVER__LISTEN");
+            assert_eq!(key, "pageserver.listen");
+            Ok(())
+        });
     }
 
     #[test]

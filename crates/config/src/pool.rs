@@ -123,6 +123,10 @@ pub struct PoolConfig {
     /// (`max_connections` 128), so that session pooling serves as many clients as a direct
     /// connection would and makes the rest wait instead of failing.
     pub pool_size: u32,
+    /// Server connections per endpoint at most, across all its pools (roles, databases);
+    /// a pool that needs one when the endpoint is at this limit closes an idle one of
+    /// another pool, or waits. Default 100 (computes take 128).
+    pub max_endpoint_connections: u32,
     /// Idle server connections kept open. Default 0: a warm pool keeps its compute awake.
     pub min_idle: u32,
     /// An idle server connection is closed after this. Default `10m`.
@@ -146,6 +150,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             pool_size: 100,
+            max_endpoint_connections: 100,
             min_idle: 0,
             server_idle_timeout: Timeout::After(Duration::from_secs(600)),
             server_lifetime: Timeout::After(Duration::from_secs(3600)),

@@ -1,5 +1,6 @@
 //! The command line, as clap types.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -38,6 +39,21 @@ pub enum Command {
     /// Create, list and delete an endpoint's roles.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Run the page store alone until Ctrl-C or SIGTERM. Prints `pageserver listening on
+    /// ADDR` once it accepts connections. Its data goes to pageserver.data_dir, by default
+    /// <data_dir>/pageserver.
+    Pageserver {
+        /// Address to serve gRPC on (default: pageserver.listen, 127.0.0.1:6434); port 0
+        /// picks a free port.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// PEM certificate chain to serve TLS with (default: pageserver.tls_cert).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert (default: pageserver.tls_key).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
     /// Show the proxy's connection pools: clients, servers, waits, transactions, bytes.
     Pools {
         /// Print JSON.

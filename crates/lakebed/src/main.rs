@@ -3,6 +3,8 @@
 //! - `lakebed up` runs the whole stack in one process, with data in `./.lakebed`.
 //! - `lakebed endpoint ...` and `lakebed role ...` administer it through the compute manager's
 //!   HTTP API, with the admin token from the data directory.
+//! - `lakebed pageserver` runs the page store alone (its own process, so computes on other
+//!   hosts can reach it and tests can kill it).
 //!
 //! Why clap (derive): the standard for Rust CLIs; help, errors and `--flag=value` forms come
 //! out as users of other tools expect. Why reqwest: a well-kept HTTP client on the same

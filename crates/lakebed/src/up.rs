@@ -37,6 +37,7 @@ pub async fn run(config: Config) -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 
@@ -44,34 +45,19 @@ pub async fn run(config: Config) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
+    // Everything that can fail for reasons outside the data dir (ports, TLS files) is tried
+    // before the catalog is touched, so a failed first start leaves no endpoint or role
+    // behind whose generated password nobody saw.
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let pki = pki::ensure(&config.data_dir, &config.proxy.domain)?;
-    let mut manager_opts = ManagerOptions::from_config(&config);
-    manager_opts.compute_tls = Some(ComputeTls {
-        ca_cert: pki.internal_ca_cert.clone(),
-        server_cert: pki.compute_cert.clone(),
-        server_key: pki.compute_key.clone(),
-    });
-    let manager = Manager::open(manager_opts).await?;
-    let data_dir = manager.data_dir().to_path_buf();
-    let token = ensure_token(&data_dir)?;
-    let first = bootstrap(&manager, &config).await?;
-
+    let token = ensure_token(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.manager.listen)
         .await
         .with_context(|| format!("manager.listen: cannot listen on {}", config.manager.listen))?;
     let api_addr = listener.local_addr()?;
-    let addr_file = data_dir.join(ADDR_FILE);
-    std::fs::write(&addr_file, api_addr.to_string())
-        .with_context(|| format!("writing {}", addr_file.display()))?;
-
-    let monitor = activity::spawn_monitor(manager.clone());
-    let server = tokio::spawn(api::serve(listener, manager.clone(), token.clone()));
-
     let proxy = start_proxy(&config, &pki, format!("http://{api_addr}"), token.clone()).await?;
     let proxy_addr = proxy.local_addr();
-    let stop_proxy = CancellationToken::new();
     let proxy_api = tokio::net::TcpListener::bind(config.proxy.api_listen)
         .await
         .with_context(|| {
@@ -80,6 +66,24 @@ pub async fn run(config: Config) -> Result<()> {
                 config.proxy.api_listen
             )
         })?;
+
+    let mut manager_opts = ManagerOptions::from_config(&config);
+    manager_opts.compute_tls = Some(ComputeTls {
+        ca_cert: pki.internal_ca_cert.clone(),
+        server_cert: pki.compute_cert.clone(),
+        server_key: pki.compute_key.clone(),
+    });
+    let manager = Manager::open(manager_opts).await?;
+    let data_dir = manager.data_dir().to_path_buf();
+    let first = bootstrap(&manager, &config).await?;
+
+    let addr_file = data_dir.join(ADDR_FILE);
+    std::fs::write(&addr_file, api_addr.to_string())
+        .with_context(|| format!("writing {}", addr_file.display()))?;
+    let monitor = activity::spawn_monitor(manager.clone());
+    let server = tokio::spawn(api::serve(listener, manager.clone(), token.clone()));
+
+    let stop_proxy = CancellationToken::new();
     let proxy_api_file = data_dir.join(PROXY_ADDR_FILE);
     std::fs::write(&proxy_api_file, proxy_api.local_addr()?.to_string())
         .with_context(|| format!("writing {}", proxy_api_file.display()))?;
@@ -129,7 +133,7 @@ async fn start_proxy(
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
         _ => (pki.proxy_cert.clone(), pki.proxy_key.clone()),
     };
-    let tls = TlsServer::load(&cert, &key)?;
+    let tls = TlsServer::load(&cert, &key).context("proxy.tls_cert / proxy.tls_key")?;
     let compute_tls = compute_client_config(
         &pki.internal_ca_cert,
         &pki.proxy_client_cert,
@@ -238,10 +242,14 @@ fn print_banner(
         data_dir.join(TOKEN_FILE).display()
     )?;
     for ep in manager.list()? {
+        let policy = match ep.record.policy.suspend_timeout {
+            lakebed_config::SuspendTimeout::Never => "never suspended".to_owned(),
+            t => format!("suspend after {t} idle"),
+        };
         writeln!(
             out,
-            "  endpoint   {} (suspend after {} idle)",
-            ep.record.name, ep.record.policy.suspend_timeout
+            "  endpoint   {} ({policy}, {} pooling)",
+            ep.record.name, ep.record.pool_mode
         )?;
     }
     match password {

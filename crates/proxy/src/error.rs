@@ -83,6 +83,9 @@ pub enum ProxyError {
         /// Endpoint from options.
         options: String,
     },
+    /// Something Postgres supports that the proxy does not carry (replication).
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A name in the startup packet is malformed.
     #[error("{0}")]
     InvalidName(String),
@@ -159,7 +162,9 @@ impl ProxyError {
     pub fn sqlstate(&self) -> Option<SqlState> {
         Some(match self {
             Self::Protocol(_) => SqlState::PROTOCOL_VIOLATION,
-            Self::UnsupportedProtocol { .. } => SqlState::FEATURE_NOT_SUPPORTED,
+            Self::UnsupportedProtocol { .. } | Self::Unsupported(_) => {
+                SqlState::FEATURE_NOT_SUPPORTED
+            }
             Self::TlsRequired
             | Self::NoEndpoint { .. }
             | Self::EndpointConflict { .. }
@@ -197,6 +202,19 @@ impl ProxyError {
             .into(),
             other => other.to_string().into(),
         }
+    }
+
+    /// The bytes that tell the client about this error: a FATAL `ErrorResponse` with the
+    /// SQLSTATE and safe message, or the compute's own `ErrorResponse` as received for
+    /// [`ProxyError::Upstream`]. `None` when nothing can be sent.
+    pub fn to_wire(&self) -> Option<Vec<u8>> {
+        if let Self::Upstream(raw) = self {
+            return (!raw.is_empty()).then(|| raw.to_vec());
+        }
+        let code = self.sqlstate()?;
+        let mut out = Vec::new();
+        crate::pqproto::be::fatal(&mut out, code, &self.client_message());
+        Some(out)
     }
 
     /// The same error, for another client (errors of opening a pooled connection reach
@@ -237,6 +255,7 @@ mod tests {
             ProxyError::Protocol("x".into()),
             ProxyError::UnsupportedProtocol { major: 4, minor: 0 },
             ProxyError::TlsRequired,
+            ProxyError::Unsupported("x"),
             ProxyError::TlsHandshake(io()),
             ProxyError::NoEndpoint { domain: "d".into() },
             ProxyError::EndpointConflict {

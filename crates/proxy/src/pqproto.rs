@@ -346,6 +346,31 @@ pub mod fe {
     }
 }
 
+/// An `ErrorResponse` (whole message, tag first) with its severity raised to FATAL, for
+/// errors that end a connection during startup. Other messages come back unchanged.
+pub fn as_fatal(raw: &[u8]) -> Vec<u8> {
+    let Some((b'E', rest)) = raw.split_first() else {
+        return raw.to_vec();
+    };
+    let Some(body) = rest.get(4..) else {
+        return raw.to_vec();
+    };
+    let mut out = Vec::with_capacity(raw.len() + 8);
+    put_message(&mut out, b'E', |b| {
+        for (kind, value) in error_fields(body) {
+            b.push(kind);
+            let value = if (kind == b'S' || kind == b'V') && value == "ERROR" {
+                "FATAL"
+            } else {
+                &value
+            };
+            put_cstr(b, value);
+        }
+        b.push(0);
+    });
+    out
+}
+
 /// Reads the fields of an `ErrorResponse` body: (field type, value) pairs.
 pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
     let mut fields = Vec::new();
@@ -471,6 +496,24 @@ mod tests {
         assert_eq!(parse_password(b"pw\0").unwrap(), b"pw");
         assert!(parse_password(b"pw").is_err());
         assert!(parse_password(b"pw\0x").is_err());
+    }
+
+    #[test]
+    fn errors_become_fatal() {
+        let mut err = Vec::new();
+        put_message(&mut err, b'E', |b| {
+            b.extend_from_slice(b"SERROR\0VERROR\0C42704\0Mbad\0\0")
+        });
+        let fatal = as_fatal(&err);
+        let fields = error_fields(&fatal[5..]);
+        assert!(fields.contains(&(b'S', "FATAL".into())));
+        assert!(fields.contains(&(b'V', "FATAL".into())));
+        assert!(fields.contains(&(b'C', "42704".into())));
+        assert_eq!(
+            u32::from_be_bytes(fatal[1..5].try_into().unwrap()) as usize,
+            fatal.len() - 1
+        );
+        assert_eq!(as_fatal(b"Zjunk"), b"Zjunk");
     }
 
     #[test]

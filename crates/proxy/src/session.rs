@@ -19,7 +19,9 @@ use crate::control::{ControlPlane, ControlPlaneOptions};
 use crate::error::ProxyError;
 use crate::handshake::{Handshake, handshake};
 use crate::pool::client::PooledClient;
-use crate::pool::server::{MAX_SERVER_MESSAGE, parameter_status, take_frame};
+use crate::pool::server::{
+    MAX_SERVER_MESSAGE, POOL_APPLICATION_NAME, parameter_status, take_frame,
+};
 use crate::pool::state::SessionState;
 use crate::pool::{Lent, Pools};
 use crate::pqproto::{PROTOCOL_MINOR, StartupParams, be, put_message};
@@ -222,14 +224,10 @@ async fn handle(
 
 /// Sends `e` as a FATAL `ErrorResponse`, if anything can be sent.
 async fn report(stream: &mut PqStream<Stream>, e: &ProxyError) {
-    if let ProxyError::Upstream(raw) = e {
-        stream.write_raw(raw);
-    } else if let Some(code) = e.sqlstate() {
-        be::fatal(stream.out(), code, &e.client_message());
-    } else {
-        return;
+    if let Some(bytes) = e.to_wire() {
+        stream.write_raw(&bytes);
+        let _ = timeout(Duration::from_secs(5), stream.flush()).await;
     }
-    let _ = timeout(Duration::from_secs(5), stream.flush()).await;
 }
 
 /// Everything between the `StartupMessage` and the pooled relay: TLS policy, protocol
@@ -242,7 +240,7 @@ async fn setup(
     stream: &mut PqStream<Stream>,
     peer: SocketAddr,
     minor: u16,
-    params: StartupParams,
+    mut params: StartupParams,
     server_name: Option<String>,
 ) -> Result<(PooledClient, Option<Lent>), ProxyError> {
     let opts = &shared.opts;
@@ -257,6 +255,22 @@ async fn setup(
         .collect();
     if minor > PROTOCOL_MINOR || !unrecognized.is_empty() {
         be::negotiate_protocol_version(stream.out(), PROTOCOL_MINOR, &unrecognized);
+    }
+    if params
+        .get("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(ProxyError::Unsupported(
+            "replication connections are not supported through the proxy",
+        ));
+    }
+    // The pool marks its idle server connections with this name (autosuspend ignores
+    // them); a client may not pass for one.
+    if params.get("application_name") == Some(POOL_APPLICATION_NAME) {
+        params.set(
+            "application_name",
+            format!("{POOL_APPLICATION_NAME} (client)"),
+        );
     }
     let user = params
         .get("user")
@@ -314,7 +328,8 @@ async fn setup(
                     detail: "server connection failed while applying settings".into(),
                 }
             } else {
-                ProxyError::Upstream(raw)
+                // Postgres rejects bad startup settings with FATAL; so do we.
+                ProxyError::Upstream(crate::pqproto::as_fatal(&raw).into())
             }
         })?;
         conn.applied = state.fingerprint();

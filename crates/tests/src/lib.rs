@@ -9,6 +9,7 @@
 //!   library, with state changes awaited through [`Manager::subscribe`].
 //! - [`LakebedUp`], [`lakebed`]: the binary, as `lakebed up` (killed on drop) and as CLI
 //!   commands run to completion.
+//! - [`PageServerProcess`]: `lakebed pageserver` on a free port, killed on drop.
 //! - [`postmasters_serving`], [`process_alive`]: what `/proc` says runs.
 //!
 //! Every wait has a deadline ([`DEADLINE`]): a bug fails a test instead of hanging it.
@@ -487,5 +488,92 @@ impl Drop for LakebedUp {
             eprintln!("--- lakebed up log ---\n{}", self.log_text());
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A running `lakebed pageserver` (the page store as its own process). Dropping it SIGKILLs
+/// the process and, if the thread is panicking, prints its log.
+pub struct PageServerProcess {
+    child: Child,
+    /// The address it listens on, from its `pageserver listening on ADDR` line.
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl PageServerProcess {
+    /// Starts `lakebed --data-dir DIR pageserver --listen LISTEN [extra]` and waits (at most
+    /// [`DEADLINE`]) for `pageserver listening on ADDR`.
+    pub async fn start(dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        let log = dir.join(format!(
+            "pageserver-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
+        let mut cmd = Command::new(lakebed_bin());
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .args(["pageserver", "--listen", listen])
+            .args(extra)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("create the log file"))
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("LAKEBED_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn lakebed pageserver");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let addr = timeout(DEADLINE, async {
+            while let Some(line) = lines.next_line().await.expect("read pageserver's stdout") {
+                if let Some(addr) = line.strip_prefix("pageserver listening on ") {
+                    return Some(addr.trim().parse::<SocketAddr>().expect("an address"));
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no address within {DEADLINE:?}"));
+        let Some(addr) = addr else {
+            let _ = child.wait().await;
+            panic!(
+                "lakebed pageserver exited before listening; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, addr, log }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends `signal` and waits (at most [`DEADLINE`]) for the process to exit.
+    pub async fn stop(mut self, signal: Signal) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running") as i32;
+        kill(Pid::from_raw(pid), signal).expect("signal the page server");
+        timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("the page server exits")
+            .expect("wait for the page server")
+    }
+}
+
+impl Drop for PageServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- pageserver log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
     }
 }

@@ -7,10 +7,10 @@
 //! tests prove with `pg_backend_pid()`. An observer connects to database `template1`: a
 //! pool of its own, free while the pool of `postgres` is busy.
 
+mod pool_support;
 #[allow(dead_code)]
 #[path = "proxy_support/mod.rs"]
 mod proxy_support;
-mod pool_support;
 
 use std::process::Stdio;
 
@@ -107,7 +107,10 @@ async fn two_clients_preparing_statements_named_alike_on_one_server_connection_g
     let closed = a
         .round(&[close_statement("s1"), bind("s1", &["1"]), execute(), sync()])
         .await;
-    assert_eq!((closed.tags.as_str(), closed.errors.clone()), ("3EZ", vec!["26000".to_owned()]));
+    assert_eq!(
+        (closed.tags.as_str(), closed.errors.clone()),
+        ("3EZ", vec!["26000".to_owned()])
+    );
     let again = a
         .round(&[
             parse("s1", "SELECT $1::int4 - 1"),
@@ -117,11 +120,17 @@ async fn two_clients_preparing_statements_named_alike_on_one_server_connection_g
         ])
         .await;
     assert_eq!(again.values, ["0"], "a's new s1: {again:?}");
-    assert_eq!(b.round(&[query("DISCARD ALL")]).await.errors, Vec::<String>::new());
+    assert_eq!(
+        b.round(&[query("DISCARD ALL")]).await.errors,
+        Vec::<String>::new()
+    );
     let gone = b.round(&[bind("s1", &["1"]), execute(), sync()]).await;
     assert_eq!(gone.errors, ["26000"], "b discarded its s1: {gone:?}");
     let kept = a.round(&[bind("s1", &["5"]), execute(), sync()]).await;
-    assert_eq!((kept.tags.as_str(), kept.values.clone()), ("2DCZ", vec!["4".to_owned()]));
+    assert_eq!(
+        (kept.tags.as_str(), kept.values.clone()),
+        ("2DCZ", vec!["4".to_owned()])
+    );
 
     // A new server connection (the old one terminated): statements are prepared on it
     // before they are used.
@@ -136,7 +145,10 @@ async fn two_clients_preparing_statements_named_alike_on_one_server_connection_g
     eventually("the terminated backend is gone", || async {
         let n = value(
             &observer,
-            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {}", server[0]),
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {}",
+                server[0]
+            ),
         )
         .await;
         if n == "0" { Ok(()) } else { Err(n) }
@@ -147,8 +159,16 @@ async fn two_clients_preparing_statements_named_alike_on_one_server_connection_g
         a.send(&[bind("s1", &[&p]), execute(), sync()]).await;
         b.send(&[bind("s1", &[&p]), execute(), sync()]).await;
         let (ra, rb) = (a.until_ready().await, b.until_ready().await);
-        assert_eq!((ra.tags.as_str(), ra.values.clone()), ("2DCZ", vec![(i - 1).to_string()]), "a, round {i}");
-        assert_eq!((rb.tags.as_str(), rb.values.clone()), ("2DCZ", vec![(i * 3).to_string()]), "b, round {i}");
+        assert_eq!(
+            (ra.tags.as_str(), ra.values.clone()),
+            ("2DCZ", vec![(i - 1).to_string()]),
+            "a, round {i}"
+        );
+        assert_eq!(
+            (rb.tags.as_str(), rb.values.clone()),
+            ("2DCZ", vec![(i * 3).to_string()]),
+            "b, round {i}"
+        );
     }
     assert_ne!(
         a.round(&[query("SELECT pg_backend_pid()")]).await.values,
@@ -160,9 +180,18 @@ async fn two_clients_preparing_statements_named_alike_on_one_server_connection_g
     // them interleaved, concurrently, and pipelined on each client.
     let c1 = s.client().await;
     let c2 = s.client().await;
-    let plus = c1.prepare("SELECT $1::int4 + 1").await.expect("prepare on c1");
-    let twice = c1.prepare("SELECT $1::int4 * 2").await.expect("prepare on c1");
-    let plus2 = c2.prepare("SELECT $1::int4 + 1").await.expect("prepare on c2");
+    let plus = c1
+        .prepare("SELECT $1::int4 + 1")
+        .await
+        .expect("prepare on c1");
+    let twice = c1
+        .prepare("SELECT $1::int4 * 2")
+        .await
+        .expect("prepare on c1");
+    let plus2 = c2
+        .prepare("SELECT $1::int4 + 1")
+        .await
+        .expect("prepare on c2");
     let neg = c2.prepare("SELECT -$1::int4").await.expect("prepare on c2");
     for i in 0..100i32 {
         let param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
@@ -203,7 +232,11 @@ async fn pgbench_prepared_and_extended_in_transaction_mode_have_no_failed_transa
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert!(out.status.success(), "pgbench {args:?}: {}\n{text}", out.status);
+            assert!(
+                out.status.success(),
+                "pgbench {args:?}: {}\n{text}",
+                out.status
+            );
             text
         }
     };
@@ -214,12 +247,18 @@ async fn pgbench_prepared_and_extended_in_transaction_mode_have_no_failed_transa
 
     // Eight clients on two server connections; with -M prepared every one of them names
     // its statements P_0, P_1, ... and the names meet on the shared connections.
+    // pgbench prepares a statement with a blocking PQprepare at its first use, which stalls
+    // every client of that pgbench thread until a server connection is free; if the other
+    // clients of the thread hold both inside their transactions, none is ever freed (as
+    // with any transaction pooler). So -M prepared runs one client per thread.
     let mut processed = 0;
-    for mode in ["prepared", "extended"] {
+    for (mode, threads) in [("prepared", "8"), ("extended", "2")] {
         let out = pgbench(
-            ["-n", "-M", mode, "-c", "8", "-j", "2", "-t", "50", &conn]
-                .map(String::from)
-                .to_vec(),
+            [
+                "-n", "-M", mode, "-c", "8", "-j", threads, "-t", "50", &conn,
+            ]
+            .map(String::from)
+            .to_vec(),
         )
         .await;
         assert!(
@@ -243,17 +282,18 @@ async fn pgbench_prepared_and_extended_in_transaction_mode_have_no_failed_transa
         }
     })
     .await;
-    let n = |v: &serde_json::Value, k: &str| {
-        v[k].as_u64()
-            .unwrap_or_else(|| panic!("no {k} in {v:#}"))
-    };
+    let n =
+        |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v:#}"));
     assert_eq!(after["mode"], "transaction", "{after:#}");
     assert!(
         n(&after, "transactions") >= n(&before, "transactions") + processed,
         "{processed} pgbench transactions not counted: before {before:#}, after {after:#}"
     );
     assert!(n(&after, "bytes_in") > n(&before, "bytes_in"), "{after:#}");
-    assert!(n(&after, "bytes_out") > n(&before, "bytes_out"), "{after:#}");
+    assert!(
+        n(&after, "bytes_out") > n(&before, "bytes_out"),
+        "{after:#}"
+    );
     assert_eq!(n(&after, "clients_waiting"), 0, "{after:#}");
     assert_eq!(n(&after, "longest_wait_ms"), 0, "{after:#}");
     assert!(
@@ -283,7 +323,11 @@ async fn set_stays_with_its_client_in_transaction_mode_and_session_mode_discards
     let c2 = s.client().await;
     exec(&c1, "SET search_path = a").await;
     assert_eq!(value(&c1, "SELECT v FROM t").await, "a");
-    assert_eq!(value(&c2, "SELECT v FROM t").await, "public", "c1's SET reached c2");
+    assert_eq!(
+        value(&c2, "SELECT v FROM t").await,
+        "public",
+        "c1's SET reached c2"
+    );
     assert_eq!(value(&c2, "SHOW search_path").await, "\"$user\", public");
     exec(&c2, "SET search_path TO b").await;
     // A client whose startup options set search_path gets it on every transaction too.
@@ -304,7 +348,7 @@ async fn set_stays_with_its_client_in_transaction_mode_and_session_mode_discards
         );
         assert_eq!(
             [v1, v2, v3, v4],
-            ["a", "b", "b, public", "public"],
+            ["a", "b", "b,public", "public"],
             "round {round}"
         );
         // The extended protocol, and an explicit transaction, see the same.
@@ -313,7 +357,10 @@ async fn set_stays_with_its_client_in_transaction_mode_and_session_mode_discards
     }
     let mut c1 = c1;
     let tx = c1.transaction().await.expect("BEGIN on c1");
-    let row = tx.query_one("SELECT v FROM t", &[]).await.expect("c1 in a transaction");
+    let row = tx
+        .query_one("SELECT v FROM t", &[])
+        .await
+        .expect("c1 in a transaction");
     assert_eq!(row.get::<_, String>(0), "a");
     tx.commit().await.expect("COMMIT on c1");
     exec(&c2, "RESET search_path").await;
@@ -330,7 +377,8 @@ async fn set_stays_with_its_client_in_transaction_mode_and_session_mode_discards
 
     // Session pooling for the role: its settings, prepared statements and temporary tables
     // are gone (DISCARD ALL) for the next client of the same server connection.
-    s.cli(&["role", "set", ROLE, "--pool-mode", "session"]).await;
+    s.cli(&["role", "set", ROLE, "--pool-mode", "session"])
+        .await;
     let x = s.client().await;
     exec(
         &x,
@@ -373,6 +421,8 @@ async fn a_killed_clients_transaction_is_rolled_back_before_the_next_client_and_
     env.push(("LAKEBED_PROXY__POOL__ACQUIRE_TIMEOUT", "1s"));
     env.push(("LAKEBED_PROXY__MAX_CLIENT_CONNECTIONS", "3"));
     let s = PoolStack::start(&env).await;
+    // A cold start takes longer than the acquire timeout: wake the compute first.
+    s.cli(&["endpoint", "wake", "main"]).await;
     let observer = s.observer().await;
     let idle_again = || async {
         let busy = idle_in_transaction(&observer).await;
@@ -388,7 +438,9 @@ async fn a_killed_clients_transaction_is_rolled_back_before_the_next_client_and_
         async move {
             value(
                 observer,
-                &format!("SELECT coalesce(max(state), 'gone') FROM pg_stat_activity WHERE pid = {pid}"),
+                &format!(
+                    "SELECT coalesce(max(state), 'gone') FROM pg_stat_activity WHERE pid = {pid}"
+                ),
             )
             .await
         }
@@ -525,18 +577,21 @@ async fn idle_transaction_query_and_client_idle_timeouts_end_with_25p03_57014_an
 
 /// How many file descriptors this process and `pid` may open (the soft limit), at most.
 fn open_files_limit(pid: u32) -> u64 {
-    ["/proc/self/limits".to_owned(), format!("/proc/{pid}/limits")]
-        .iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(path).expect("read the limits");
-            text.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(u64::MAX)
-        })
-        .min()
-        .unwrap_or(u64::MAX)
+    [
+        "/proc/self/limits".to_owned(),
+        format!("/proc/{pid}/limits"),
+    ]
+    .iter()
+    .map(|path| {
+        let text = std::fs::read_to_string(path).expect("read the limits");
+        text.lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX)
+    })
+    .min()
+    .unwrap_or(u64::MAX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,7 +609,11 @@ async fn two_thousand_concurrent_clients_on_a_pool_of_ten_all_complete_their_tra
         eprintln!("open files limit {limit}: {clients} clients instead of 2000");
     }
     let setup = s.client().await;
-    exec(&setup, "CREATE TABLE hits (client int PRIMARY KEY, server int)").await;
+    exec(
+        &setup,
+        "CREATE TABLE hits (client int PRIMARY KEY, server int)",
+    )
+    .await;
 
     // Connect all of them, 100 at a time, and keep every connection open.
     let cfg = s.config("postgres");
@@ -592,12 +651,9 @@ async fn two_thousand_concurrent_clients_on_a_pool_of_ten_all_complete_their_tra
                 .transaction()
                 .await
                 .unwrap_or_else(|e| panic!("client {i} BEGIN: {e:?}"));
-            tx.execute(
-                "INSERT INTO hits VALUES ($1, pg_backend_pid())",
-                &[&i],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("client {i} INSERT: {e:?}"));
+            tx.execute("INSERT INTO hits VALUES ($1, pg_backend_pid())", &[&i])
+                .await
+                .unwrap_or_else(|e| panic!("client {i} INSERT: {e:?}"));
             let mine: i64 = tx
                 .query_one("SELECT count(*) FROM hits WHERE client = $1", &[&i])
                 .await
@@ -628,16 +684,10 @@ async fn two_thousand_concurrent_clients_on_a_pool_of_ten_all_complete_their_tra
         .await
         .parse()
         .expect("a count");
-    assert!(
-        (1..=10).contains(&servers),
-        "{servers} server connections"
-    );
+    assert!((1..=10).contains(&servers), "{servers} server connections");
     let pool = s.pool("postgres").await.expect("the pool of postgres");
     let n = |k: &str| pool[k].as_u64().unwrap_or_else(|| panic!("{k}: {pool:#}"));
-    assert!(
-        n("servers_active") + n("servers_idle") <= 10,
-        "{pool:#}"
-    );
+    assert!(n("servers_active") + n("servers_idle") <= 10, "{pool:#}");
     assert!(n("transactions") >= clients as u64, "{pool:#}");
 }
 
@@ -667,12 +717,15 @@ async fn a_pooled_client_idle_across_a_suspend_keeps_its_connection_and_its_next
     assert_eq!(state, "active");
 
     // The client stays connected, idle: the compute is suspended anyway.
-    eventually("main is suspended while its pooled client is idle", || async {
-        match s.state_and_boots().await {
-            (state, _) if state == "suspended" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    eventually(
+        "main is suspended while its pooled client is idle",
+        || async {
+            match s.state_and_boots().await {
+                (state, _) if state == "suspended" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     assert!(
         !p.client.is_closed() && !p.ended.is_finished(),

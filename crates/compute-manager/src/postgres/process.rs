@@ -1,6 +1,7 @@
 //! One postmaster process: start it, wait until it accepts connections, stop it.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -63,11 +64,17 @@ impl Postmaster {
         tls: bool,
     ) -> std::io::Result<Self> {
         let log_file = dir.log_file();
+        // Postgres logs statements with errors: the log is as private as the data.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
+            .mode(0o600)
             .open(&log_file)?;
+        std::fs::set_permissions(
+            &log_file,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )?;
         let run_dir = dir.run_dir();
         let mut cmd = Command::new(install.bin("postgres"));
         cmd.arg("-D")

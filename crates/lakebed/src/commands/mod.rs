@@ -1,6 +1,7 @@
 //! Dispatch of subcommands.
 
 mod endpoint;
+mod pageserver;
 mod role;
 
 use std::io::Read;
@@ -22,26 +23,52 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Endpoint(cmd) => endpoint::run(&client(&config, cli.api_url)?, cmd).await,
         Command::Role(cmd) => role::run(&client(&config, cli.api_url)?, cmd).await,
         Command::Pools { json } => pools(&config, json).await,
+        Command::Pageserver {
+            listen,
+            tls_cert,
+            tls_key,
+        } => {
+            if let Some(listen) = listen {
+                config.pageserver.listen = listen;
+            }
+            if tls_cert.is_some() {
+                config.pageserver.tls_cert = tls_cert;
+                config.pageserver.tls_key = tls_key;
+            }
+            pageserver::run(&config).await
+        }
     }
 }
 
+/// The API client for the `lakebed up` running on this data dir: its address comes from
+/// the file `lakebed up` writes while it runs (so the CLI never talks to another
+/// instance's API by accident), or from `--api-url`.
 fn client(config: &Config, api_url: Option<String>) -> Result<ApiClient> {
     let base = match api_url {
         Some(url) => url,
-        None => match std::fs::read_to_string(config.data_dir.join(ADDR_FILE)) {
-            Ok(addr) => format!("http://{}", addr.trim()),
-            Err(_) => format!("http://{}", config.manager.listen),
-        },
+        None => format!("http://{}", running_addr(config, ADDR_FILE)?),
     };
     ApiClient::new(base, &config.data_dir)
 }
 
+/// The address in `<data_dir>/<file>`, written by a running `lakebed up`.
+fn running_addr(config: &Config, file: &str) -> Result<String> {
+    let path = config.data_dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(addr) => Ok(addr.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "lakebed up is not running for data dir {} (no {}); start it, or pass --data-dir \
+             or --api-url",
+            config.data_dir.display(),
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 /// `lakebed pools`: the proxy's pools, from its HTTP API.
 async fn pools(config: &Config, json: bool) -> Result<()> {
-    let base = match std::fs::read_to_string(config.data_dir.join(PROXY_ADDR_FILE)) {
-        Ok(addr) => format!("http://{}", addr.trim()),
-        Err(_) => format!("http://{}", config.proxy.api_listen),
-    };
+    let base = format!("http://{}", running_addr(config, PROXY_ADDR_FILE)?);
     let pools = ApiClient::new(base, &config.data_dir)?
         .call(reqwest::Method::GET, "/v1/pools", None)
         .await?;

@@ -32,7 +32,7 @@ use super::state::{Change, SessionState, change_of, query_text};
 use super::{Lent, Pool};
 use crate::cancel::CancelGuard;
 use crate::error::ProxyError;
-use crate::pqproto::{be, put_message};
+use crate::pqproto::put_message;
 use crate::stream::Stream;
 
 /// Longest client message accepted after startup (PostgreSQL's `PQ_LARGE_MESSAGE_LIMIT`).
@@ -121,6 +121,11 @@ impl PooledClient {
         let in_transaction = matches!(attached.ex.status, Some(b'T') | Some(b'E'));
         // Answers still due: the state can't be known, so the connection is closed. An
         // open transaction is rolled back.
+        if attached.ex.is_waiting() && !conn.broken {
+            // The client left while a query runs: stop it now (its locks go with it)
+            // rather than when it next tries to send a row.
+            crate::cancel::send_cancel(conn.addr, conn.key).await;
+        }
         conn.broken = conn.broken
             || attached.ex.is_mid_exchange()
             || !conn.buf.is_empty()
@@ -218,6 +223,17 @@ impl PooledClient {
                         break Err(e);
                     }
                 }
+                Event::ServerRead(_) | Event::ServerWrote(_)
+                    if attached.as_ref().is_some_and(|a| a.ex.fatal) =>
+                {
+                    // The compute ended the session with a FATAL the client has already
+                    // received (an administrator shutdown, a protocol error): end here too.
+                    if let Some(mut a) = attached.take() {
+                        a.conn.broken = true;
+                        self.release(a);
+                    }
+                    break Ok(());
+                }
                 Event::ServerRead(_) | Event::ServerWrote(_) => {
                     // The server connection failed.
                     if let Some(a) = attached.take() {
@@ -243,12 +259,9 @@ impl PooledClient {
             self.clean_up(a).await;
         }
         if let Err(e) = &result
-            && let Some(code) = e.sqlstate()
+            && let Some(out) = e.to_wire()
         {
-            let mut out = Vec::new();
-            be::fatal(&mut out, code, &e.client_message());
             let _ = tokio::time::timeout(Duration::from_secs(5), cwr.write_all(&out)).await;
-            return Ok(());
         }
         result
     }
@@ -267,6 +280,13 @@ impl PooledClient {
             else {
                 return Ok(true);
             };
+            // What a client may send after startup (PostgreSQL docs §55.7); anything else
+            // ends the session as Postgres ends it, whether or not a server is lent.
+            if !b"BCdcfDEHFPQSX".contains(&tag) {
+                return Err(ProxyError::Protocol(
+                    format!("invalid frontend message type {tag}").into(),
+                ));
+            }
             let msg = Message { tag, body };
             if attached.is_none() {
                 if tag == b'X' {

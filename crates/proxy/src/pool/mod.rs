@@ -18,6 +18,7 @@ pub mod server;
 pub mod state;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -208,6 +209,8 @@ pub struct PoolView {
 /// Every pool of the proxy.
 pub struct Pools {
     config: PoolConfig,
+    /// Each endpoint's connection budget, shared by its pools.
+    budgets: Mutex<HashMap<EndpointName, Arc<tokio::sync::Semaphore>>>,
     control: Arc<ControlPlane>,
     compute_tls: Option<Arc<ClientConfig>>,
     wake_timeout: Duration,
@@ -224,6 +227,7 @@ impl Pools {
     ) -> Self {
         Self {
             config,
+            budgets: Mutex::new(HashMap::new()),
             control,
             compute_tls,
             wake_timeout,
@@ -232,7 +236,7 @@ impl Pools {
     }
 
     /// The pool for an authenticated client and database, made on first use.
-    pub fn pool_for(&self, auth: &Authenticated, database: Option<&str>) -> Arc<Pool> {
+    pub fn pool_for(self: &Arc<Self>, auth: &Authenticated, database: Option<&str>) -> Arc<Pool> {
         let key = PoolKey {
             endpoint: auth.endpoint.clone(),
             role: auth.role.clone(),
@@ -246,7 +250,21 @@ impl Pools {
             return pool.clone();
         }
         let c = &self.config;
+        let budget = self
+            .budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(auth.endpoint.clone())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    c.max_endpoint_connections as usize,
+                ))
+            })
+            .clone();
         let manager = ServerManager {
+            budget,
+            pools: Arc::downgrade(self),
+            acquire_timeout: c.acquire_timeout.get(),
             control: self.control.clone(),
             compute_tls: self.compute_tls.clone(),
             wake_timeout: self.wake_timeout,
@@ -284,6 +302,35 @@ impl Pools {
         });
         map.insert(key, pool.clone());
         pool
+    }
+
+    /// Closes one idle server connection of a pool of `endpoint` other than (role,
+    /// database), so that its place in the endpoint's budget goes to a pool that needs it.
+    pub fn close_one_idle(&self, endpoint: &EndpointName, role: &str, database: Option<&str>) {
+        let pools: Vec<Arc<Pool>> = {
+            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.values()
+                .filter(|p| {
+                    &p.key.endpoint == endpoint
+                        && !(p.key.role.as_str() == role && p.key.database.as_deref() == database)
+                        && p.inner.state().idle_connections > 0
+                })
+                .cloned()
+                .collect()
+        };
+        for pool in pools {
+            // An idle connection is handed out at once; take it and close it.
+            let mut get = std::pin::pin!(pool.inner.get());
+            let waker = std::task::Waker::noop();
+            if let std::task::Poll::Ready(Ok(mut conn)) = get
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+            {
+                conn.broken = true;
+                tracing::info!(endpoint = %endpoint, role = %pool.key.role, "closing an idle pooled connection for another pool");
+                return;
+            }
+        }
     }
 
     /// Every pool's counters.

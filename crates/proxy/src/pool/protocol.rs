@@ -142,6 +142,9 @@ pub struct Exchange {
     /// Extended-protocol messages were sent since the last `Sync`: the server is inside
     /// an extended-query cycle, even if every answer is in.
     unsynced: bool,
+    /// The server sent a FATAL error (it is about to close the connection); the client
+    /// has it and needs no other word.
+    pub fatal: bool,
     /// Session pooling: statements keep the client's names (the client has the connection
     /// to itself until it leaves, and it is reset then).
     pub keep_names: bool,
@@ -383,6 +386,13 @@ impl Exchange {
         let verdict = self.decide(tag, server);
         if tag == b'Z' {
             self.status = body.first().copied();
+        }
+        if tag == b'E'
+            && crate::pqproto::error_fields(body)
+                .iter()
+                .any(|(k, v)| *k == b'S' && (v == "FATAL" || v == "PANIC"))
+        {
+            self.fatal = true;
         }
         if verdict == Answer::Forward {
             put_message(to_client, tag, |b| b.extend_from_slice(body));

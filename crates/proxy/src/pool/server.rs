@@ -6,8 +6,10 @@
 //! manager's autosuspend monitor uses to ignore idle pooled connections: an endpoint whose
 //! clients are all idle in transaction pooling can be suspended.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -46,6 +48,8 @@ pub struct ServerConn {
     pub addr: SocketAddr,
     /// Set when it failed or its state is unknown; bb8 then drops it instead of reusing it.
     pub broken: bool,
+    /// Its place in the endpoint's connection budget, given back when it closes.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Opens server connections for one pool (endpoint, role, database).
@@ -58,6 +62,33 @@ pub struct ServerManager {
     pub(crate) database: Option<String>,
     pub(crate) key: ClientKey,
     pub(crate) secret: Arc<ScramSecret>,
+    /// The endpoint's connection budget (`max_endpoint_connections`), shared by its pools.
+    pub(crate) budget: Arc<tokio::sync::Semaphore>,
+    /// Every pool, to close an idle connection of another pool when the budget is spent.
+    pub(crate) pools: std::sync::Weak<super::Pools>,
+    /// How long to wait for a place in the budget.
+    pub(crate) acquire_timeout: Duration,
+}
+
+impl ServerManager {
+    /// A place in the endpoint's budget: at once if free; else after closing an idle
+    /// connection of another pool of the endpoint; else when one is given back.
+    async fn budget_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
+        if let Ok(permit) = self.budget.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if let Some(pools) = self.pools.upgrade() {
+            pools.close_one_idle(&self.endpoint, self.role.as_str(), self.database.as_deref());
+        }
+        match tokio::time::timeout(self.acquire_timeout, self.budget.clone().acquire_owned()).await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ProxyError::PoolTimeout {
+                waited: self.acquire_timeout,
+                pool_size: self.budget.available_permits() as u32,
+            }),
+        }
+    }
 }
 
 impl bb8::ManageConnection for ServerManager {
@@ -65,6 +96,7 @@ impl bb8::ManageConnection for ServerManager {
     type Error = ProxyError;
 
     async fn connect(&self) -> Result<ServerConn, ProxyError> {
+        let budget = self.budget_permit().await?;
         let mut params = StartupParams::default();
         params.set("user", self.role.to_string());
         if let Some(db) = &self.database {
@@ -97,18 +129,25 @@ impl bb8::ManageConnection for ServerManager {
             key: conn.key,
             addr,
             broken: false,
+            _budget: budget,
         })
     }
 
     /// Cheap check at checkout: an idle connection must have nothing to say. If the socket
     /// is readable (a FATAL from a compute that shut down, or EOF) it is dead.
+    ///
+    /// The read is polled once, not raced against `timeout(Duration::ZERO)`: tokio's timer
+    /// rounds deadlines up to the next millisecond tick, which cost every checkout (every
+    /// transaction, in transaction pooling) up to a millisecond of waiting.
     async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), ProxyError> {
         if conn.broken || !conn.buf.is_empty() {
             return Err(ProxyError::StaleConnection);
         }
-        match tokio::time::timeout(Duration::ZERO, conn.rd.read_buf(&mut conn.buf)).await {
-            Err(_) => Ok(()), // nothing to read: alive and idle
-            Ok(_) => {
+        let mut read = std::pin::pin!(conn.rd.read_buf(&mut conn.buf));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        match polled {
+            Poll::Pending => Ok(()), // nothing to read: alive and idle
+            Poll::Ready(_) => {
                 conn.broken = true;
                 Err(ProxyError::StaleConnection)
             }

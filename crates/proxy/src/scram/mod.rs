@@ -72,7 +72,11 @@ impl ScramSecret {
         let (params, keys) = rest.split_once('$')?;
         let (iterations, salt_b64) = params.split_once(':')?;
         let (stored, server) = keys.split_once(':')?;
-        let iterations: u32 = iterations.parse().ok().filter(|&i| i > 0)?;
+        // Bounded like the catalog bounds it: cleartext logins run PBKDF2 at the proxy.
+        let iterations: u32 = iterations
+            .parse()
+            .ok()
+            .filter(|&i| (1..=1_000_000).contains(&i))?;
         B64.decode(salt_b64).ok().filter(|s| !s.is_empty())?;
         Some(Self {
             iterations,

@@ -376,7 +376,9 @@ impl RawClient {
                     answers.tags.push(tag as char);
                     match tag {
                         b'D' => answers.values.push(first_column(&body)),
-                        b'E' => answers.errors.push(error_field(&body, b'C').unwrap_or_default()),
+                        b'E' => answers
+                            .errors
+                            .push(error_field(&body, b'C').unwrap_or_default()),
                         b'Z' => {
                             answers.status = body[0] as char;
                             return answers;

@@ -1,0 +1,179 @@
+//! Binding and serving: open the store, listen, serve gRPC (optionally over TLS) until told
+//! to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lakebed_pageserver_api::limits::MAX_MESSAGE_BYTES;
+use lakebed_pageserver_api::proto::page_store_server::PageStoreServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::service::PageStoreService;
+use crate::store::{Store, StoreError};
+
+/// Where and how to serve.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Address to listen on; port 0 picks a free port (see [`PageServer::local_addr`]).
+    pub listen: SocketAddr,
+    /// Directory of the store file (created if missing).
+    pub data_dir: PathBuf,
+    /// Serve TLS instead of plaintext HTTP/2.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS material for the server, PEM-encoded.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// The private key of the leaf certificate.
+    pub key_pem: Vec<u8>,
+    /// If set, clients must present a certificate issued by this CA (mutual TLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("client_auth", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The TLS material was refused.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The gRPC server failed.
+    #[error("serving: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A page server with its store open, its TLS material loaded and its socket bound, ready to
+/// [`serve`](Self::serve).
+pub struct PageServer {
+    store: Arc<Store>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    builder: Server,
+    tls: bool,
+}
+
+impl std::fmt::Debug for PageServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageServer")
+            .field("store", &self.store.path())
+            .field("local_addr", &self.local_addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PageServer {
+    /// Loads the TLS material, opens the store in `options.data_dir` and binds
+    /// `options.listen`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Tls`] (unusable certificate or key), [`ServerError::Store`] (directory
+    /// not writable, store locked by another process, ...), [`ServerError::Bind`].
+    pub async fn bind(options: ServerOptions) -> Result<PageServer, ServerError> {
+        let tls = options.tls.is_some();
+        let mut builder = Server::builder();
+        if let Some(tls) = options.tls {
+            // tonic builds its rustls config with the process-wide default provider.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let mut config =
+                ServerTlsConfig::new().identity(Identity::from_pem(tls.cert_pem, tls.key_pem));
+            if let Some(ca) = tls.client_ca_pem {
+                config = config.client_ca_root(Certificate::from_pem(ca));
+            }
+            builder = builder
+                .tls_config(config)
+                .map_err(|e| ServerError::Tls(error_chain(&e)))?;
+        }
+        let dir = options.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| StoreError::Open {
+                path: options.data_dir.clone(),
+                reason: e.to_string(),
+            })??;
+        let bind_err = |error| ServerError::Bind {
+            addr: options.listen,
+            error,
+        };
+        let listener = TcpListener::bind(options.listen).await.map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        Ok(PageServer {
+            store: Arc::new(store),
+            listener,
+            local_addr,
+            builder,
+            tls,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The store being served.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and finishes the requests in
+    /// flight (writes already committed stay committed; a write cut off before its commit
+    /// changed nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Serve`].
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let service = PageStoreServer::new(PageStoreService::new(self.store))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let mut builder = self.builder;
+        builder
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// An error and its sources, joined with `: ` (tonic's TLS errors say little at the top).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
