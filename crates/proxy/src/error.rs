@@ -112,12 +112,12 @@ pub enum ProxyError {
     #[error("pooled server connection was closed")]
     StaleConnection,
     /// No server connection came free (or could be opened) in time.
-    #[error("no server connection available within {}s (pool size {pool_size})", waited.as_secs())]
+    #[error("no server connection available within {}s ({limit} in use)", waited.as_secs())]
     PoolTimeout {
         /// How long the client waited.
         waited: std::time::Duration,
-        /// The pool's connections at the time.
-        pool_size: u32,
+        /// Which limit was reached, e.g. `pool_size 20` or `max_endpoint_connections 100`.
+        limit: String,
     },
     /// A client sat idle past `client_idle_timeout`.
     #[error("terminating connection due to idle-session timeout")]
@@ -270,7 +270,7 @@ mod tests {
             ProxyError::TooManyConnections,
             ProxyError::PoolTimeout {
                 waited: std::time::Duration::from_secs(1),
-                pool_size: 1,
+                limit: "pool_size 1".into(),
             },
             ProxyError::ClientIdleTimeout,
             ProxyError::StaleConnection,

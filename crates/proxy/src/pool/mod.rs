@@ -171,7 +171,7 @@ impl Pool {
             Err(bb8::RunError::User(e)) => Err(e),
             Err(bb8::RunError::TimedOut) => Err(ProxyError::PoolTimeout {
                 waited: self.acquire_timeout,
-                pool_size: self.inner.state().connections,
+                limit: format!("pool_size {}", self.inner.state().connections),
             }),
         }
     }

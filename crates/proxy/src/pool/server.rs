@@ -85,7 +85,7 @@ impl ServerManager {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(ProxyError::PoolTimeout {
                 waited: self.acquire_timeout,
-                pool_size: self.budget.available_permits() as u32,
+                limit: "max_endpoint_connections".into(),
             }),
         }
     }
