@@ -22,6 +22,22 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/lakebed.pagestore.v1.rs"));
 }
 
+/// An error and its sources, joined with `: `, each source once (tonic's transport and TLS
+/// errors say little at the top level). Shared by the server and the client.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
 /// Sizes the server enforces. A request past one of them is refused with
 /// `INVALID_ARGUMENT` and a message naming the limit; nothing is changed.
 pub mod limits {

@@ -279,7 +279,7 @@ impl PageStoreClient {
             attempts += 1;
             let error = match endpoint.connect().await {
                 Ok(channel) => return Ok(Self::with_channel(channel, options)),
-                Err(e) => error_chain(&e),
+                Err(e) => lakebed_pageserver_api::error_chain(&e),
             };
             if Instant::now() + backoff >= deadline {
                 return Err(RpcError::Unavailable {
@@ -602,7 +602,7 @@ fn endpoint(options: &ClientOptions) -> Result<Endpoint, RpcError> {
         }
         endpoint = endpoint
             .tls_config(config)
-            .map_err(|e| RpcError::Config(format!("TLS: {}", error_chain(&e))))?;
+            .map_err(|e| RpcError::Config(format!("TLS: {}", lakebed_pageserver_api::error_chain(&e))))?;
     }
     Ok(endpoint)
 }
@@ -623,25 +623,11 @@ fn retryable(status: &Status) -> bool {
 /// The status's message with its source chain, for error texts.
 fn status_text(status: &Status) -> String {
     match std::error::Error::source(status) {
-        Some(source) => format!("{}: {}", status.message(), error_chain(source)),
+        Some(source) => format!("{}: {}", status.message(), lakebed_pageserver_api::error_chain(source)),
         None => status.message().to_owned(),
     }
 }
 
-/// An error and its sources, joined with `: `.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = e.source();
-    }
-    text
-}
 
 /// Maps a non-retryable status to an [`RpcError`], using the [`ErrorDetail`] when present.
 fn map_status(status: Status) -> RpcError {

@@ -108,7 +108,7 @@ impl PageServer {
             }
             builder = builder
                 .tls_config(config)
-                .map_err(|e| ServerError::Tls(error_chain(&e)))?;
+                .map_err(|e| ServerError::Tls(lakebed_pageserver_api::error_chain(&e)))?;
         }
         let dir = options.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir))
@@ -161,19 +161,4 @@ impl PageServer {
             .await?;
         Ok(())
     }
-}
-
-/// An error and its sources, joined with `: ` (tonic's TLS errors say little at the top).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = e.source();
-    }
-    text
 }
