@@ -93,14 +93,34 @@ pub fn router(manager: Manager, token: &str) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until [`Manager::shutdown`] begins.
+/// Renders the process's metrics in the Prometheus text format.
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves the API on `listener` until [`Manager::shutdown`] begins; with `metrics`, also
+/// `GET /metrics` (Prometheus text format, no token: it holds no secrets).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     manager: Manager,
     token: String,
+    metrics: Option<RenderMetrics>,
 ) -> std::io::Result<()> {
     let closing = manager.closing().clone();
-    axum::serve(listener, router(manager, &token))
+    let mut app = router(manager, &token);
+    if let Some(render) = metrics {
+        app = app.route(
+            "/metrics",
+            get(move || {
+                let render = render.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        render(),
+                    )
+                }
+            }),
+        );
+    }
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { closing.cancelled().await })
         .await
 }

@@ -38,6 +38,17 @@ pub enum ComputeState {
 }
 
 impl ComputeState {
+    /// The state's name, as in the API and metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Suspended => "suspended",
+            Self::Starting => "starting",
+            Self::Active => "active",
+            Self::Suspending => "suspending",
+            Self::Failed => "failed",
+        }
+    }
+
     /// Whether the lifecycle may go from `self` to `to` (the diagram above).
     pub fn can_become(self, to: ComputeState) -> bool {
         use ComputeState::*;

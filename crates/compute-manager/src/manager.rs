@@ -192,6 +192,18 @@ pub(crate) enum StopReason {
     Deleted,
 }
 
+impl StopReason {
+    /// The `reason` label of `lakebed_suspends_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Idle => "idle",
+            Self::Shutdown => "shutdown",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
 /// How a stop went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StopOutcome {
@@ -356,6 +368,25 @@ impl Manager {
             .iter()
             .map(|e| self.show(&e.name))
             .collect()
+    }
+
+    /// Sets the `lakebed_computes{state}` gauges: how many endpoints' computes are in each
+    /// state now. Called when metrics are scraped.
+    pub fn record_gauges(&self) {
+        let mut counts = std::collections::HashMap::<&'static str, f64>::new();
+        for state in ["suspended", "starting", "active", "suspending", "failed"] {
+            counts.insert(state, 0.0);
+        }
+        if let Ok(endpoints) = self.inner.catalog.endpoints() {
+            for e in endpoints {
+                *counts
+                    .entry(self.status(&e.name).state.label())
+                    .or_default() += 1.0;
+            }
+        }
+        for (state, n) in counts {
+            metrics::gauge!("lakebed_computes", "state" => state).set(n);
+        }
     }
 
     /// The compute status of an endpoint (suspended if it has never been woken).
@@ -532,6 +563,8 @@ impl Manager {
                     // A wake is activity: a client is about to connect, so the idle clock
                     // restarts and the monitor won't stop the compute under it.
                     run.last_activity = Instant::now();
+                    metrics::counter!("lakebed_wake_requests_total", "outcome" => "warm")
+                        .increment(1);
                     return Ok(WakeOutcome {
                         address: run.postmaster.address(),
                         pid: run.postmaster.pid(),
@@ -547,6 +580,9 @@ impl Manager {
         match self.boot(&endpoint, slot).await {
             Ok(run) => {
                 let cold_start = requested.elapsed();
+                metrics::counter!("lakebed_wake_requests_total", "outcome" => "cold").increment(1);
+                metrics::histogram!("lakebed_cold_start_seconds", "outcome" => "active")
+                    .record(cold_start.as_secs_f64());
                 self.inner
                     .catalog
                     .record_boot(name, requested_at, Some(cold_start), None)?;
@@ -570,6 +606,10 @@ impl Manager {
                     other => (other.to_string(), String::new()),
                 };
                 tracing::warn!(endpoint = %name, %reason, "compute failed to start");
+                metrics::counter!("lakebed_wake_requests_total", "outcome" => "failed")
+                    .increment(1);
+                metrics::histogram!("lakebed_cold_start_seconds", "outcome" => "failed")
+                    .record(requested.elapsed().as_secs_f64());
                 let _ = self
                     .inner
                     .catalog
@@ -770,6 +810,7 @@ impl Manager {
         let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
         slot.publish(ComputeState::Suspended, None, None);
         tracing::info!(endpoint = %name, ?reason, %status, "compute suspended");
+        metrics::counter!("lakebed_suspends_total", "reason" => reason.label()).increment(1);
         StopOutcome::Stopped
     }
 

@@ -81,17 +81,35 @@ pub async fn run(config: Config) -> Result<()> {
     std::fs::write(&addr_file, api_addr.to_string())
         .with_context(|| format!("writing {}", addr_file.display()))?;
     let monitor = activity::spawn_monitor(manager.clone());
-    let server = tokio::spawn(api::serve(listener, manager.clone(), token.clone()));
+    let prometheus = metrics_recorder()?;
+    let render_manager: api::RenderMetrics = {
+        let (manager, prometheus) = (manager.clone(), prometheus.clone());
+        std::sync::Arc::new(move || {
+            manager.record_gauges();
+            prometheus.render()
+        })
+    };
+    let server = tokio::spawn(api::serve(
+        listener,
+        manager.clone(),
+        token.clone(),
+        Some(render_manager),
+    ));
 
     let stop_proxy = CancellationToken::new();
     let proxy_api_file = data_dir.join(PROXY_ADDR_FILE);
     std::fs::write(&proxy_api_file, proxy_api.local_addr()?.to_string())
         .with_context(|| format!("writing {}", proxy_api_file.display()))?;
+    let render_proxy: lakebed_proxy::api::RenderMetrics = {
+        let prometheus = prometheus.clone();
+        std::sync::Arc::new(move || prometheus.render())
+    };
     let proxy_api_task = tokio::spawn(lakebed_proxy::api::serve(
         proxy_api,
         proxy.pools(),
         token,
         stop_proxy.clone(),
+        Some(render_proxy),
     ));
     let proxy_task = tokio::spawn(proxy.serve(stop_proxy.clone()));
 
@@ -119,6 +137,20 @@ pub async fn run(config: Config) -> Result<()> {
     let _ = std::fs::remove_file(&addr_file);
     println!("Lakebed stopped; every compute is suspended.");
     Ok(())
+}
+
+/// Installs the process's metrics recorder. Metrics are Prometheus-named; both HTTP APIs
+/// serve them at `/metrics` (one process, one registry).
+fn metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("lakebed_cold_start_seconds".into()),
+            &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+        )
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")
 }
 
 /// Binds the proxy with TLS for clients (configured, else the development certificate) and

@@ -20,13 +20,19 @@ struct ApiState {
     token: Arc<str>,
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Renders the process's metrics in the Prometheus text format.
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves the API on `listener` until `shutdown`; with `metrics`, also `GET /metrics`
+/// (Prometheus text format, no token), after updating the pool gauges.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     pools: Arc<Pools>,
     token: String,
     shutdown: CancellationToken,
+    metrics: Option<RenderMetrics>,
 ) -> std::io::Result<()> {
+    let s_pools = pools.clone();
     let state = ApiState {
         pools,
         token: token.into(),
@@ -45,6 +51,25 @@ pub async fn serve(
             )
         })
         .with_state(state);
+    let app = match metrics {
+        Some(render) => {
+            let pools = s_pools;
+            app.route(
+                "/metrics",
+                get(move || {
+                    let (render, pools) = (render.clone(), pools.clone());
+                    async move {
+                        pools.record_gauges();
+                        (
+                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            render(),
+                        )
+                    }
+                }),
+            )
+        }
+        None => app,
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -120,6 +120,8 @@ async fn secret_for(
     user: &str,
 ) -> Result<(Arc<ScramSecret>, Option<(RoleName, PoolMode)>), ProxyError> {
     if !ctx.limiter.allows(ctx.peer, endpoint) {
+        metrics::counter!("lakebed_proxy_auth_failures_total", "reason" => "rate_limited")
+            .increment(1);
         return Err(ProxyError::TooManyAuthFailures);
     }
     if let Ok(role) = user.parse::<RoleName>()
@@ -133,6 +135,7 @@ async fn secret_for(
 
 fn failed(ctx: &AuthContext<'_>, endpoint: &EndpointName, user: &str) -> ProxyError {
     ctx.limiter.record_failure(ctx.peer, endpoint);
+    metrics::counter!("lakebed_proxy_auth_failures_total", "reason" => "password").increment(1);
     ProxyError::AuthFailed {
         user: user.to_owned(),
     }

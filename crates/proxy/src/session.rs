@@ -162,6 +162,7 @@ impl Proxy {
                 },
             };
             let _ = tcp.set_nodelay(true);
+            metrics::counter!("lakebed_proxy_connections_accepted_total").increment(1);
             let permit = self.shared.slots.clone().try_acquire_owned().ok();
             let shared = self.shared.clone();
             let span = tracing::info_span!("conn", %peer, ep = field::Empty, role = field::Empty);
@@ -176,6 +177,7 @@ async fn handle(
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
 ) {
+    let _active = ActiveConnection::new();
     let started = timeout(AUTH_TIMEOUT, handshake(tcp, shared.opts.tls.as_ref())).await;
     let (mut stream, minor, params, server_name) = match started {
         Err(_) => return,
@@ -219,6 +221,22 @@ async fn handle(
             }
             report(&mut stream, &e).await;
         }
+    }
+}
+
+/// Counts a client connection in `lakebed_proxy_connections_active` while it lives.
+struct ActiveConnection;
+
+impl ActiveConnection {
+    fn new() -> Self {
+        metrics::gauge!("lakebed_proxy_connections_active").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("lakebed_proxy_connections_active").decrement(1.0);
     }
 }
 
@@ -280,10 +298,13 @@ async fn setup(
         })?
         .to_owned();
     let options = routing::split_options(params.get("options").unwrap_or_default())?;
-    let endpoint = routing::merge(
-        routing::from_sni(server_name.as_deref(), &opts.domain)?,
-        options.endpoint,
-    )?;
+    let from_sni = routing::from_sni(server_name.as_deref(), &opts.domain)?;
+    let route = match (&from_sni, &options.endpoint) {
+        (Some(_), _) => "sni",
+        (None, Some(_)) => "options",
+        (None, None) => "password_or_default",
+    };
+    let endpoint = routing::merge(from_sni, options.endpoint)?;
 
     let tls_end_point = match (tls, &opts.tls) {
         (true, Some(t)) => Some(t.end_point.as_slice()),
@@ -362,6 +383,12 @@ async fn setup(
     put_message(stream.out(), b'Z', |b| b.push(b'I'));
     stream.flush().await.map_err(ProxyError::ClientIo)?;
     tracing::info!(compute = %conn.addr, mode = %pool.mode, "session started");
+    metrics::counter!(
+        "lakebed_proxy_sessions_total",
+        "tls" => if tls { "true" } else { "false" },
+        "route" => route
+    )
+    .increment(1);
     let held = session.then_some(conn);
     Ok((PooledClient::new(pool, state, cancel), held))
 }

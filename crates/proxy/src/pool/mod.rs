@@ -333,6 +333,25 @@ impl Pools {
         }
     }
 
+    /// Sets the pool gauges (`lakebed_pool_*{endpoint, role, database}`) from the pools'
+    /// counters. Called when metrics are scraped.
+    pub fn record_gauges(&self) {
+        for v in self.views() {
+            let labels = [
+                ("endpoint", v.endpoint.to_string()),
+                ("role", v.role.to_string()),
+                ("database", v.database.clone()),
+            ];
+            metrics::gauge!("lakebed_pool_clients_active", &labels).set(v.clients_active as f64);
+            metrics::gauge!("lakebed_pool_clients_waiting", &labels).set(v.clients_waiting as f64);
+            metrics::gauge!("lakebed_pool_servers_active", &labels).set(v.servers_active as f64);
+            metrics::gauge!("lakebed_pool_servers_idle", &labels).set(v.servers_idle as f64);
+            metrics::gauge!("lakebed_pool_longest_wait_seconds", &labels)
+                .set(v.longest_wait_ms as f64 / 1000.0);
+            metrics::gauge!("lakebed_pool_transactions", &labels).set(v.transactions as f64);
+        }
+    }
+
     /// Every pool's counters.
     pub fn views(&self) -> Vec<PoolView> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,0 +1,146 @@
+//! Prometheus metrics of `lakebed up`: `/metrics` on the compute manager's API and on the
+//! proxy's API parse as the Prometheus text format (with `prometheus-parse`), and counters
+//! move by exactly what a known workload does.
+
+use std::collections::HashMap;
+
+use lakebed_tests::{DataDir, LakebedUp, connect_via_proxy};
+
+/// Fetches `url` and parses it as Prometheus text: (metric name, sorted labels) → value.
+async fn scrape(url: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+    let text = reqwest::get(url)
+        .await
+        .expect("scrape /metrics")
+        .error_for_status()
+        .expect("/metrics answers 200")
+        .text()
+        .await
+        .expect("read /metrics");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let parsed =
+        prometheus_parse::Scrape::parse(lines).expect("/metrics parses as Prometheus text");
+    parsed
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => return None,
+            };
+            let mut labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            labels.sort();
+            Some(((s.metric, labels), value))
+        })
+        .collect()
+}
+
+fn get(
+    m: &HashMap<(String, Vec<(String, String)>), f64>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let mut want: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.sort();
+    m.get(&(name.to_owned(), want)).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_by_a_known_workload_of_three_connections_and_one_wake() {
+    let dir = DataDir::new();
+    let up = LakebedUp::start(&dir).await;
+    let proxy = up.proxy_addr.expect("the banner names the proxy");
+    let password = up
+        .password
+        .clone()
+        .expect("first start prints the password");
+    let manager_metrics = format!("{}/metrics", up.api_url);
+    let proxy_api =
+        std::fs::read_to_string(dir.path().join("proxy-api-addr")).expect("proxy-api-addr");
+    let proxy_metrics = format!("http://{}/metrics", proxy_api.trim());
+
+    let before = scrape(&manager_metrics).await;
+    assert_eq!(
+        get(&before, "lakebed_computes", &[("state", "suspended")]),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &before,
+            "lakebed_wake_requests_total",
+            &[("outcome", "cold")]
+        ),
+        0.0
+    );
+
+    // Three connections, one after another: the first wakes the compute, cold.
+    for i in 0..3i32 {
+        let client = connect_via_proxy(proxy, "main", "lakebed", &password)
+            .await
+            .expect("connect through the proxy");
+        let row = client
+            .query_one("SELECT $1::int4", &[&i])
+            .await
+            .expect("query");
+        assert_eq!(row.get::<_, i32>(0), i);
+    }
+    // One wrong password.
+    let refused = connect_via_proxy(proxy, "main", "lakebed", "wrong").await;
+    assert!(refused.is_err());
+
+    let after = scrape(&manager_metrics).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        get(&after, name, labels) - get(&before, name, labels)
+    };
+    assert_eq!(delta("lakebed_proxy_connections_accepted_total", &[]), 4.0);
+    assert_eq!(
+        delta(
+            "lakebed_proxy_sessions_total",
+            &[("route", "options"), ("tls", "false")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(
+            "lakebed_proxy_auth_failures_total",
+            &[("reason", "password")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta("lakebed_wake_requests_total", &[("outcome", "cold")]),
+        1.0
+    );
+    assert_eq!(get(&after, "lakebed_computes", &[("state", "active")]), 1.0);
+    assert_eq!(
+        get(&after, "lakebed_computes", &[("state", "suspended")]),
+        0.0
+    );
+    assert_eq!(get(&after, "lakebed_proxy_connections_active", &[]), 0.0);
+
+    // The proxy's API serves the same registry, with the pool gauges filled in.
+    let pools = scrape(&proxy_metrics).await;
+    let pool = [
+        ("database", "postgres"),
+        ("endpoint", "main"),
+        ("role", "lakebed"),
+    ];
+    assert!(get(&pools, "lakebed_pool_servers_idle", &pool) >= 1.0);
+    assert_eq!(get(&pools, "lakebed_pool_clients_active", &pool), 0.0);
+    assert_eq!(
+        get(
+            &pools,
+            "lakebed_wake_requests_total",
+            &[("outcome", "cold")]
+        ),
+        1.0
+    );
+}
