@@ -54,6 +54,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// One screen: every endpoint's state, last cold start, clients, pooled servers.
+    Status,
     /// Show the proxy's connection pools: clients, servers, waits, transactions, bytes.
     Pools {
         /// Print JSON.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use lakebed_tests::{DataDir, LakebedUp, connect_via_proxy};
+use lakebed_tests::{DataDir, LakebedUp, connect_via_proxy, lakebed};
 
 /// Fetches `url` and parses it as Prometheus text: (metric name, sorted labels) → value.
 async fn scrape(url: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
@@ -143,4 +143,15 @@ async fn counters_move_by_a_known_workload_of_three_connections_and_one_wake() {
         ),
         1.0
     );
+
+    // `lakebed status` puts the same facts on one screen.
+    let status = lakebed(&dir, &["status"]).await.ok();
+    let main = status
+        .lines()
+        .find(|l| l.starts_with("main "))
+        .unwrap_or_else(|| panic!("no line for main in:\n{status}"));
+    let cols: Vec<&str> = main.split_whitespace().collect();
+    assert_eq!(cols[1], "active", "{main}");
+    assert!(cols[2].starts_with("127.0.0.1:"), "{main}");
+    assert_eq!(cols[cols.len() - 4], "1", "one boot: {main}");
 }

@@ -23,6 +23,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Endpoint(cmd) => endpoint::run(&client(&config, cli.api_url)?, cmd).await,
         Command::Role(cmd) => role::run(&client(&config, cli.api_url)?, cmd).await,
         Command::Pools { json } => pools(&config, json).await,
+        Command::Status => status(&config, cli.api_url).await,
         Command::Pageserver {
             listen,
             tls_cert,
@@ -64,6 +65,54 @@ fn running_addr(config: &Config, file: &str) -> Result<String> {
         ),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// `lakebed status`: endpoints from the manager, clients and servers from the proxy.
+async fn status(config: &Config, api_url: Option<String>) -> Result<()> {
+    let endpoints = client(config, api_url)?
+        .call(reqwest::Method::GET, "/v1/endpoints", None)
+        .await?;
+    let pools = ApiClient::new(
+        format!("http://{}", running_addr(config, PROXY_ADDR_FILE)?),
+        &config.data_dir,
+    )?
+    .call(reqwest::Method::GET, "/v1/pools", None)
+    .await?;
+    println!(
+        "{:<24} {:<11} {:<22} {:>10} {:>6} {:>8} {:>8} {:>8}",
+        "ENDPOINT", "STATE", "ADDRESS", "COLD START", "BOOTS", "CLIENTS", "WAITING", "SERVERS"
+    );
+    for ep in endpoints.as_array().into_iter().flatten() {
+        let name = ep["name"].as_str().unwrap_or("?");
+        let of_endpoint = pools
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["endpoint"].as_str() == Some(name));
+        let (mut clients, mut waiting, mut servers) = (0, 0, 0);
+        for p in of_endpoint {
+            let n = |k: &str| p[k].as_u64().unwrap_or(0);
+            clients += n("clients_active");
+            waiting += n("clients_waiting");
+            servers += n("servers_active") + n("servers_idle");
+        }
+        println!(
+            "{:<24} {:<11} {:<22} {:>10} {:>6} {:>8} {:>8} {:>8}",
+            name,
+            ep["compute"]["state"].as_str().unwrap_or("?"),
+            ep["compute"]["address"].as_str().unwrap_or("-"),
+            ep["last_cold_start_ms"]
+                .as_u64()
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "-".into()),
+            ep["boots"].as_u64().unwrap_or(0),
+            clients,
+            waiting,
+            servers,
+        );
+    }
+    println!("(page store and cache figures come with pagefs)");
+    Ok(())
 }
 
 /// `lakebed pools`: the proxy's pools, from its HTTP API.
