@@ -711,8 +711,21 @@ fn invalid_from_figment(figment: &Figment, error: figment::Error) -> ConfigError
     // example the enclosing table's when the key itself doesn't exist).
     let metadata = figment.find_metadata(&key).or(error.metadata.as_ref());
     let profile = error.profile.clone().unwrap_or_default();
+    // An unknown key that is a table, as `LAKEBED_PROXI__LISTEN` makes `proxi`: the source
+    // is named by a value under it, so that the message names the whole variable.
+    let mut source_path = path.clone();
+    if matches!(error.kind, Kind::UnknownField(..)) {
+        let mut value = figment.find_value(&key).ok();
+        while let Some(figment::value::Value::Dict(_, dict)) = value {
+            let Some((k, v)) = dict.into_iter().next() else {
+                break;
+            };
+            source_path.push(k);
+            value = Some(v);
+        }
+    }
     let source = match metadata {
-        Some(md) => md.interpolate(&profile, &path),
+        Some(md) => md.interpolate(&profile, &source_path),
         None => GENERIC_SOURCE.to_owned(),
     };
     ConfigError::Invalid {
@@ -1319,6 +1332,18 @@ mod tests {
             assert_eq!(
                 Config::load(None).unwrap_err().to_string(),
                 "environment variable LAKEBED_COMPUTE__OS_USR: compute.os_usr: unknown key"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_errors_name_the_whole_variable_of_a_misspelt_section() {
+        Jail::expect_with(|jail| {
+            jail.set_env("LAKEBED_PROXI__LISTEN", "127.0.0.1:1");
+            assert_eq!(
+                Config::load(None).unwrap_err().to_string(),
+                "environment variable LAKEBED_PROXI__LISTEN: proxi: unknown key"
             );
             Ok(())
         });

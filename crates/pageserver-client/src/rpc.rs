@@ -600,9 +600,9 @@ fn endpoint(options: &ClientOptions) -> Result<Endpoint, RpcError> {
         if let Some((cert, key)) = &tls.identity {
             config = config.identity(Identity::from_pem(cert.clone(), key.clone()));
         }
-        endpoint = endpoint
-            .tls_config(config)
-            .map_err(|e| RpcError::Config(format!("TLS: {}", lakebed_pageserver_api::error_chain(&e))))?;
+        endpoint = endpoint.tls_config(config).map_err(|e| {
+            RpcError::Config(format!("TLS: {}", lakebed_pageserver_api::error_chain(&e)))
+        })?;
     }
     Ok(endpoint)
 }
@@ -623,11 +623,14 @@ fn retryable(status: &Status) -> bool {
 /// The status's message with its source chain, for error texts.
 fn status_text(status: &Status) -> String {
     match std::error::Error::source(status) {
-        Some(source) => format!("{}: {}", status.message(), lakebed_pageserver_api::error_chain(source)),
+        Some(source) => format!(
+            "{}: {}",
+            status.message(),
+            lakebed_pageserver_api::error_chain(source)
+        ),
         None => status.message().to_owned(),
     }
 }
-
 
 /// Maps a non-retryable status to an [`RpcError`], using the [`ErrorDetail`] when present.
 fn map_status(status: Status) -> RpcError {

@@ -6,8 +6,11 @@ use std::collections::HashMap;
 
 use lakebed_tests::{DataDir, LakebedUp, connect_via_proxy, lakebed};
 
-/// Fetches `url` and parses it as Prometheus text: (metric name, sorted labels) → value.
-async fn scrape(url: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+/// Samples by (metric name, sorted labels).
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// Fetches `url` and parses it as Prometheus text.
+async fn scrape(url: &str) -> Samples {
     let text = reqwest::get(url)
         .await
         .expect("scrape /metrics")
@@ -40,11 +43,7 @@ async fn scrape(url: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
         .collect()
 }
 
-fn get(
-    m: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut want: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

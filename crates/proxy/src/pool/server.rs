@@ -28,6 +28,10 @@ use crate::stream::Stream;
 /// The `application_name` of pooled server connections (see the module docs).
 pub const POOL_APPLICATION_NAME: &str = "lakebed-pool";
 
+/// How often a connection waiting for a place in its endpoint's budget looks for an idle
+/// connection of another pool to close.
+const IDLE_RECHECK: Duration = Duration::from_millis(50);
+
 /// One server connection in a pool.
 pub struct ServerConn {
     /// Read half of the connection.
@@ -73,20 +77,38 @@ pub struct ServerManager {
 impl ServerManager {
     /// A place in the endpoint's budget: at once if free; else after closing an idle
     /// connection of another pool of the endpoint; else when one is given back.
+    ///
+    /// While it waits, it looks for idle connections of other pools again every
+    /// [`IDLE_RECHECK`]: a connection that goes back idle to its pool (its client left)
+    /// keeps its place in the budget, so waiting only for one to be given back would wait
+    /// out the acquire timeout while the budget sits idle in another pool.
     async fn budget_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
         if let Ok(permit) = self.budget.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        if let Some(pools) = self.pools.upgrade() {
-            pools.close_one_idle(&self.endpoint, self.role.as_str(), self.database.as_deref());
-        }
-        match tokio::time::timeout(self.acquire_timeout, self.budget.clone().acquire_owned()).await
-        {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(ProxyError::PoolTimeout {
-                waited: self.acquire_timeout,
-                limit: "max_endpoint_connections".into(),
-            }),
+        let timed_out = || ProxyError::PoolTimeout {
+            waited: self.acquire_timeout,
+            limit: "max_endpoint_connections".into(),
+        };
+        // One acquire for the whole wait, so that this client keeps its place in the queue.
+        let mut acquire = std::pin::pin!(self.budget.clone().acquire_owned());
+        let mut deadline = std::pin::pin!(tokio::time::sleep(self.acquire_timeout));
+        // Its first tick is at once.
+        let mut recheck = tokio::time::interval(IDLE_RECHECK);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return permit.map_err(|_| timed_out()),
+                _ = &mut deadline => return Err(timed_out()),
+                _ = recheck.tick() => {
+                    if let Some(pools) = self.pools.upgrade() {
+                        pools.close_one_idle(
+                            &self.endpoint,
+                            self.role.as_str(),
+                            self.database.as_deref(),
+                        );
+                    }
+                }
+            }
         }
     }
 }
