@@ -11,6 +11,9 @@
 //!   commands run to completion.
 //! - [`PageServerProcess`]: `lakebed pageserver` on a free port, killed on drop.
 //! - [`postmasters_serving`], [`process_alive`]: what `/proc` says runs.
+//! - [`Stack`] ([`stack`]): a `lakebed up` with the proxy and pool tests' helpers.
+//! - [`clients`]: `psql`/`pgbench`, tokio-postgres (plain, rustls, watched), polling.
+//! - [`wire`]: the wire protocol by hand, and [`RawClient`] that logs in with SCRAM.
 //!
 //! Every wait has a deadline ([`DEADLINE`]): a bug fails a test instead of hanging it.
 
@@ -31,6 +34,14 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_postgres::{Client, NoTls};
+
+pub mod clients;
+pub mod stack;
+pub mod wire;
+
+pub use clients::*;
+pub use stack::Stack;
+pub use wire::*;
 
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -239,7 +250,9 @@ pub async fn connect_via_proxy(
     connect_with(cfg).await
 }
 
-fn client_config(address: SocketAddr, user: &str, password: &str) -> tokio_postgres::Config {
+/// tokio-postgres settings for `address` as `user` with `password`, database `postgres`,
+/// no TLS setting of its own, a 10s connect timeout.
+pub fn client_config(address: SocketAddr, user: &str, password: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(address.ip().to_string())
         .port(address.port())
@@ -326,6 +339,27 @@ impl CliOutput {
 /// Runs `lakebed --data-dir dir ARGS` to completion (at most [`DEADLINE`]).
 pub async fn lakebed(dir: &DataDir, args: &[&str]) -> CliOutput {
     lakebed_with_stdin(dir, args, "").await
+}
+
+/// Runs `lakebed --data-dir dir ARGS` (see [`lakebed`]) with `env` added to its
+/// environment and no standard input; its output. Panics if it cannot run or takes over
+/// [`DEADLINE`].
+pub async fn lakebed_env(dir: &DataDir, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    let mut cmd = lakebed_command(dir);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = timeout(DEADLINE, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("lakebed {args:?} did not finish within {DEADLINE:?}"))
+        .expect("run lakebed");
+    CliOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Runs `lakebed --data-dir dir ARGS` with `stdin` as its standard input.

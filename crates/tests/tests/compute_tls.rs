@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use lakebed_compute_manager::ComputeTls;
 use lakebed_config::RoleName;
-use lakebed_tests::{DataDir, connect, create_endpoint, open_manager, policy, postmasters_serving};
+use lakebed_tests::{
+    DataDir, client_config, connect, create_endpoint, open_manager, policy, postmasters_serving,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -113,14 +114,8 @@ async fn connect_tls(
     password: &str,
     tls: MakeRustlsConnect,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(address.ip().to_string())
-        .port(address.port())
-        .user(user)
-        .password(password)
-        .dbname("postgres")
-        .ssl_mode(SslMode::Require)
-        .connect_timeout(Duration::from_secs(10));
+    let mut cfg = client_config(address, user, password);
+    cfg.ssl_mode(SslMode::Require);
     let (client, conn) = cfg.connect(tls).await?;
     tokio::spawn(async move {
         let _ = conn.await;

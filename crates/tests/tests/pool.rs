@@ -7,16 +7,9 @@
 //! tests prove with `pg_backend_pid()`. An observer connects to database `template1`: a
 //! pool of its own, free while the pool of `postgres` is busy.
 
-mod pool_support;
-#[allow(dead_code)]
-#[path = "proxy_support/mod.rs"]
-mod proxy_support;
-
 use std::process::Stdio;
 
-use lakebed_tests::DEADLINE;
-use pool_support::*;
-use proxy_support::{ROLE, client_command};
+use lakebed_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -27,8 +20,28 @@ const ONE_SERVER_TRANSACTION_MODE: [(&str, &str); 2] = [
     ("LAKEBED_ENDPOINTS__MAIN__POOL_MODE", "transaction"),
 ];
 
+/// Starts `lakebed up` with `env` and a zero auth cache TTL (so a pool mode changed with the
+/// CLI applies to the next client at once).
+async fn start(env: &[(&str, &str)]) -> Stack {
+    let mut all = vec![("LAKEBED_PROXY__AUTH_CACHE_TTL", "0s")];
+    all.extend_from_slice(env);
+    Stack::start_with(&all).await
+}
+
+/// Backends of the compute in state `idle in transaction` (or `... (aborted)`), as seen
+/// by `observer`.
+async fn idle_in_transaction(observer: &tokio_postgres::Client) -> i64 {
+    value(
+        observer,
+        "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+    )
+    .await
+    .parse()
+    .expect("a count")
+}
+
 /// A libpq connection string for the proxy as role `lakebed`, database `postgres`.
-fn conninfo(s: &PoolStack) -> String {
+fn conninfo(s: &Stack) -> String {
     format!(
         "host={} port={} user={ROLE} dbname=postgres sslmode=disable connect_timeout=30",
         s.proxy().ip(),
@@ -39,7 +52,7 @@ fn conninfo(s: &PoolStack) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_preparing_statements_named_alike_on_one_server_connection_get_right_answers_without_42p05_or_26000()
  {
-    let s = PoolStack::start(&[("LAKEBED_PROXY__POOL__POOL_SIZE", "1")]).await;
+    let s = start(&[("LAKEBED_PROXY__POOL__POOL_SIZE", "1")]).await;
     s.cli(&["endpoint", "set", "main", "--pool-mode", "transaction"])
         .await;
 
@@ -212,7 +225,7 @@ async fn two_clients_preparing_statements_named_alike_on_one_server_connection_g
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_prepared_and_extended_in_transaction_mode_have_no_failed_transactions_and_lakebed_pools_counts_them()
  {
-    let s = PoolStack::start(&[
+    let s = start(&[
         ("LAKEBED_PROXY__POOL__POOL_SIZE", "2"),
         ("LAKEBED_ENDPOINTS__MAIN__POOL_MODE", "transaction"),
     ])
@@ -305,7 +318,7 @@ async fn pgbench_prepared_and_extended_in_transaction_mode_have_no_failed_transa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_stays_with_its_client_in_transaction_mode_and_session_mode_discards_it_before_the_next_client()
  {
-    let s = PoolStack::start(&[("LAKEBED_PROXY__POOL__POOL_SIZE", "1")]).await;
+    let s = start(&[("LAKEBED_PROXY__POOL__POOL_SIZE", "1")]).await;
     s.cli(&["endpoint", "set", "main", "--pool-mode", "transaction"])
         .await;
     let setup = s.client().await;
@@ -420,7 +433,7 @@ async fn a_killed_clients_transaction_is_rolled_back_before_the_next_client_and_
     let mut env = ONE_SERVER_TRANSACTION_MODE.to_vec();
     env.push(("LAKEBED_PROXY__POOL__ACQUIRE_TIMEOUT", "1s"));
     env.push(("LAKEBED_PROXY__MAX_CLIENT_CONNECTIONS", "3"));
-    let s = PoolStack::start(&env).await;
+    let s = start(&env).await;
     // A cold start takes longer than the acquire timeout: wake the compute first.
     s.cli(&["endpoint", "wake", "main"]).await;
     let observer = s.observer().await;
@@ -535,7 +548,7 @@ async fn a_killed_clients_transaction_is_rolled_back_before_the_next_client_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_transaction_query_and_client_idle_timeouts_end_with_25p03_57014_and_57p05() {
-    let s = PoolStack::start(&[
+    let s = start(&[
         ("LAKEBED_ENDPOINTS__MAIN__POOL_MODE", "transaction"),
         ("LAKEBED_PROXY__POOL__IDLE_TRANSACTION_TIMEOUT", "1s"),
         ("LAKEBED_PROXY__POOL__QUERY_TIMEOUT", "1s"),
@@ -544,7 +557,7 @@ async fn idle_transaction_query_and_client_idle_timeouts_end_with_25p03_57014_an
     .await;
 
     // Idle in a transaction: 25P03, and the transaction is rolled back.
-    let idle_tx = s.watched(&s.config("postgres")).await.expect("connect");
+    let mut idle_tx = s.watched(&s.config("postgres")).await.expect("connect");
     exec(&idle_tx.client, "CREATE TABLE t8 (v int)").await;
     exec(&idle_tx.client, "BEGIN; INSERT INTO t8 VALUES (1)").await;
     let err = idle_tx.closed_by_server("idle in transaction").await;
@@ -569,7 +582,7 @@ async fn idle_transaction_query_and_client_idle_timeouts_end_with_25p03_57014_an
     assert_eq!(value(&q, "SELECT 'still here'").await, "still here");
 
     // A client idle (no transaction) past client_idle_timeout: 57P05.
-    let idle = s.watched(&s.config("postgres")).await.expect("connect");
+    let mut idle = s.watched(&s.config("postgres")).await.expect("connect");
     assert_eq!(value(&idle.client, "SELECT 1").await, "1");
     let err = idle.closed_by_server("idle client").await;
     assert_eq!(code_of(&err), "57P05", "{err:?}");
@@ -596,7 +609,7 @@ fn open_files_limit(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_concurrent_clients_on_a_pool_of_ten_all_complete_their_transactions() {
-    let s = PoolStack::start(&[
+    let s = start(&[
         ("LAKEBED_PROXY__POOL__POOL_SIZE", "10"),
         ("LAKEBED_ENDPOINTS__MAIN__POOL_MODE", "transaction"),
         ("LAKEBED_PROXY__MAX_CLIENT_CONNECTIONS", "2100"),
@@ -694,7 +707,7 @@ async fn two_thousand_concurrent_clients_on_a_pool_of_ten_all_complete_their_tra
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_client_idle_across_a_suspend_keeps_its_connection_and_its_next_query_wakes_the_compute()
  {
-    let s = PoolStack::start(&[("LAKEBED_MANAGER__ACTIVITY_POLL_INTERVAL", "100ms")]).await;
+    let s = start(&[("LAKEBED_MANAGER__ACTIVITY_POLL_INTERVAL", "100ms")]).await;
     s.cli(&[
         "endpoint",
         "set",
@@ -713,14 +726,14 @@ async fn a_pooled_client_idle_across_a_suspend_keeps_its_connection_and_its_next
         .expect("prepare");
     exec(&p.client, "SET search_path = kept, public").await;
     assert_eq!(value(&p.client, "SELECT 'awake'").await, "awake");
-    let (state, boots) = s.state_and_boots().await;
+    let (state, boots) = s.state_and_boots("main").await;
     assert_eq!(state, "active");
 
     // The client stays connected, idle: the compute is suspended anyway.
     eventually(
         "main is suspended while its pooled client is idle",
         || async {
-            match s.state_and_boots().await {
+            match s.state_and_boots("main").await {
                 (state, _) if state == "suspended" => Ok(()),
                 other => Err(format!("{other:?}")),
             }
@@ -734,7 +747,10 @@ async fn a_pooled_client_idle_across_a_suspend_keeps_its_connection_and_its_next
 
     // Its next query wakes the compute; its statement and its SET come along.
     assert_eq!(value(&p.client, "SELECT 'woken'").await, "woken");
-    assert_eq!(s.state_and_boots().await, ("active".to_owned(), boots + 1));
+    assert_eq!(
+        s.state_and_boots("main").await,
+        ("active".to_owned(), boots + 1)
+    );
     let row = p
         .client
         .query_one(&plus, &[&41i32])

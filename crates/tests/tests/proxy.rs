@@ -6,20 +6,20 @@
 //! Each test runs its own `lakebed up` (a process plus a postgres per woken endpoint), so
 //! related checks share one stack.
 
-mod proxy_support;
-
 use std::sync::Arc;
 
-use lakebed_tests::{DEADLINE, lakebed, lakebed_with_stdin};
+use lakebed_tests::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use proxy_support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_postgres::config::{ChannelBinding, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The proxy's SNI domain in `lakebed up`'s default configuration.
+const DOMAIN: &str = "lakebed.localhost";
 
 /// The message of a server error (panics, showing the error, if it is not one).
 fn db_message(e: &tokio_postgres::Error) -> String {
@@ -383,7 +383,7 @@ async fn suspended_endpoint_wakes_once_for_100_concurrent_clients_and_never_for_
 
     // Wrong password, unknown endpoint (even with main's right password), unknown role:
     // one answer, 28P01, and no compute is woken.
-    let err = connect_plain(&s.config(ROLE, "not the password"))
+    let err = connect_plain(&s.postgres_config(ROLE, "not the password"))
         .await
         .expect_err("wrong password");
     let wrong_password = expect_code("wrong password", &err, &SqlState::INVALID_PASSWORD);
@@ -391,12 +391,12 @@ async fn suspended_endpoint_wakes_once_for_100_concurrent_clients_and_never_for_
         wrong_password,
         "password authentication failed for user \"lakebed\""
     );
-    let mut nope = s.config(ROLE, &s.password);
+    let mut nope = s.postgres_config(ROLE, &s.password);
     nope.options("endpoint=nope");
     let err = connect_plain(&nope).await.expect_err("unknown endpoint");
     let unknown_endpoint = expect_code("unknown endpoint", &err, &SqlState::INVALID_PASSWORD);
     assert_eq!(unknown_endpoint, wrong_password);
-    let err = connect_plain(&s.config("nobody", &s.password))
+    let err = connect_plain(&s.postgres_config("nobody", &s.password))
         .await
         .expect_err("unknown role");
     let unknown_role = expect_code("unknown role", &err, &SqlState::INVALID_PASSWORD);
@@ -411,7 +411,7 @@ async fn suspended_endpoint_wakes_once_for_100_concurrent_clients_and_never_for_
     );
 
     // A client of a suspended endpoint wakes it and is answered.
-    let client = connect_plain(&s.config(ROLE, &s.password))
+    let client = connect_plain(&s.postgres_config(ROLE, &s.password))
         .await
         .expect("connect to the suspended endpoint");
     assert_eq!(query_text(&client, "SELECT 'woken'").await, "woken");
@@ -421,7 +421,7 @@ async fn suspended_endpoint_wakes_once_for_100_concurrent_clients_and_never_for_
     // 100 clients at once to the suspended endpoint: one boot, all served, all sessions
     // open together.
     s.suspend("main").await;
-    let cfg = s.config(ROLE, &s.password);
+    let cfg = s.postgres_config(ROLE, &s.password);
     let mut clients = JoinSet::new();
     for i in 0..100i32 {
         let cfg = cfg.clone();
@@ -476,7 +476,7 @@ async fn failed_logins_are_rate_limited_per_endpoint_and_an_unstartable_compute_
     let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
     text.push_str("this is not a setting\n");
     std::fs::write(&conf, text).expect("break postgresql.conf");
-    let mut broken = s.config("r", "r-password");
+    let mut broken = s.postgres_config("r", "r-password");
     broken.options("endpoint=broken");
     let err = connect_plain(&broken)
         .await
@@ -492,7 +492,7 @@ async fn failed_logins_are_rate_limited_per_endpoint_and_an_unstartable_compute_
     // Ten failed logins to main from this address: the eleventh attempt is refused with
     // 53300 even with the right password, and main is never woken.
     for attempt in 1..=10 {
-        let err = connect_plain(&s.config(ROLE, "guess"))
+        let err = connect_plain(&s.postgres_config(ROLE, "guess"))
             .await
             .expect_err("wrong password");
         expect_code(
@@ -501,7 +501,7 @@ async fn failed_logins_are_rate_limited_per_endpoint_and_an_unstartable_compute_
             &SqlState::INVALID_PASSWORD,
         );
     }
-    let err = connect_plain(&s.config(ROLE, &s.password))
+    let err = connect_plain(&s.postgres_config(ROLE, &s.password))
         .await
         .expect_err("the limit is reached");
     let message = expect_code("rate limited", &err, &SqlState::TOO_MANY_CONNECTIONS);

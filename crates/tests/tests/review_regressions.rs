@@ -13,20 +13,31 @@
 //!   refused (13), cancel on hangup (14), the CLI and another instance (9);
 //! - no instance at all: configuration typos (11).
 
-mod review_support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use lakebed_tests::{
-    DEADLINE, DataDir, LakebedUp, checks_past_timeout, lakebed, lakebed_with_stdin,
-};
+use lakebed_tests::*;
 use nix::sys::signal::Signal;
-use review_support::*;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
+
+/// The pool of role `lakebed` on `main` for database `db` in `pools`, if there is one.
+fn pool_of<'a>(pools: &'a [Value], db: &str) -> Option<&'a Value> {
+    pools
+        .iter()
+        .find(|p| p["endpoint"] == "main" && p["role"] == ROLE && p["database"] == db)
+}
+
+/// A number field of a pool (0 when the pool is absent).
+fn count(pool: Option<&Value>, field: &str) -> u64 {
+    pool.map_or(0, |p| {
+        p[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {field} in {p:#}"))
+    })
+}
 
 /// Server connections endpoint `main` may have at once in the session-pooling stack.
 const BUDGET: u64 = 5;
@@ -69,7 +80,7 @@ async fn assert_bad_startup_setting_is_fatal(s: &Stack, mode: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_pools_share_the_endpoint_budget_bad_settings_are_fatal_a_client_named_lakebed_pool_keeps_main_awake_and_a_suspend_sends_one_fatal()
  {
-    let s = Stack::start(&[
+    let s = Stack::start_with(&[
         ("LAKEBED_PROXY__POOL__MAX_ENDPOINT_CONNECTIONS", "5"),
         // A regression then fails with 53300 well within the test's deadline.
         ("LAKEBED_PROXY__POOL__ACQUIRE_TIMEOUT", "10s"),
@@ -78,14 +89,14 @@ async fn session_pools_share_the_endpoint_budget_bad_settings_are_fatal_a_client
     .await;
 
     // ---- Finding 1: pools of one endpoint share its connection budget. ----
-    let admin = s.client("postgres").await;
+    let admin = s.watched_client("postgres").await;
     exec(&admin.client, "CREATE DATABASE shopdb").await;
     drop(admin);
 
     // Five sessions at once on database postgres leave five idle pooled connections.
     let mut sessions = Vec::new();
     for _ in 0..BUDGET {
-        sessions.push(s.client("postgres").await);
+        sessions.push(s.watched_client("postgres").await);
     }
     for w in &sessions {
         assert_eq!(value(&w.client, "SELECT 1").await, "1");
@@ -190,12 +201,12 @@ async fn session_pools_share_the_endpoint_budget_bad_settings_are_fatal_a_client
         "lakebed-pool (client)"
     );
     // The session is idle from here on; the monitor must still count it.
-    let start = s.show_main().await["compute"]["autosuspend"]["checks"]
+    let start = s.show("main").await["compute"]["autosuspend"]["checks"]
         .as_u64()
         .expect("compute.autosuspend.checks");
     let until = start + checks_past_timeout();
     let seen = eventually("enough monitor checks", || async {
-        let ep = s.show_main().await;
+        let ep = s.show("main").await;
         let checks = ep["compute"]["autosuspend"]["checks"].as_u64();
         if ep["compute"]["state"] != "active" || checks.is_some_and(|c| c >= until) {
             Ok(ep)
@@ -214,10 +225,10 @@ async fn session_pools_share_the_endpoint_budget_bad_settings_are_fatal_a_client
     );
 
     // ---- Finding 3: a compute's FATAL is the only error the client gets. ----
-    let mut watched = s.client("postgres").await;
+    let mut watched = s.watched_client("postgres").await;
     assert_eq!(value(&watched.client, "SELECT 1").await, "1");
     let mut raw = RawClient::connect(s.proxy(), ROLE, &s.password).await;
-    s.suspend_main().await;
+    s.suspend("main").await;
     let ended = watched.closed_by_server("suspend").await;
     assert_eq!(code_of(&ended), "57P01", "{ended:?}");
     let after = watched
@@ -229,7 +240,7 @@ async fn session_pools_share_the_endpoint_budget_bad_settings_are_fatal_a_client
         after.is_closed(),
         "no second error, only a closed connection: {after:?}"
     );
-    raw.send(&query("SELECT 1")).await;
+    raw.send(&[query("SELECT 1")]).await;
     let errors = raw.errors_until_closed().await;
     let codes: Vec<_> = errors.iter().map(|e| field(e, b'C')).collect();
     assert_eq!(codes, [Some("57P01")], "exactly one error: {errors:?}");
@@ -240,7 +251,7 @@ async fn session_pools_share_the_endpoint_budget_bad_settings_are_fatal_a_client
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_pooling_reports_pool_and_compute_errors_refuses_replication_and_bad_message_types_and_makes_bad_settings_fatal()
  {
-    let s = Stack::start(&[
+    let s = Stack::start_with(&[
         ("LAKEBED_ENDPOINTS__MAIN__POOL_MODE", "transaction"),
         ("LAKEBED_PROXY__POOL__POOL_SIZE", "1"),
         ("LAKEBED_PROXY__POOL__ACQUIRE_TIMEOUT", "1s"),
@@ -253,11 +264,14 @@ async fn transaction_pooling_reports_pool_and_compute_errors_refuses_replication
     let mut stream = tcp(s.proxy()).await;
     send(
         &mut stream,
-        &startup_packet(&[
-            ("user", ROLE),
-            ("database", "postgres"),
-            ("replication", "database"),
-        ]),
+        &startup_packet(
+            version(3, 0),
+            Some(&[
+                ("user", ROLE),
+                ("database", "postgres"),
+                ("replication", "database"),
+            ]),
+        ),
     )
     .await;
     let reply = read_message(&mut stream).await;
@@ -285,7 +299,7 @@ async fn transaction_pooling_reports_pool_and_compute_errors_refuses_replication
     for in_transaction in [false, true] {
         let mut raw = RawClient::connect(s.proxy(), ROLE, &s.password).await;
         if in_transaction {
-            raw.send(&query("BEGIN")).await;
+            raw.send(&[query("BEGIN")]).await;
             loop {
                 match read_message(&mut raw.stream).await {
                     Reply::Message(b'Z', status) => {
@@ -298,7 +312,7 @@ async fn transaction_pooling_reports_pool_and_compute_errors_refuses_replication
                 }
             }
         }
-        raw.send(&message(b'!', b"")).await;
+        raw.send(&[message(b'!', b"")]).await;
         let errors = raw.errors_until_closed().await;
         let got: Vec<_> = errors
             .iter()
@@ -314,8 +328,8 @@ async fn transaction_pooling_reports_pool_and_compute_errors_refuses_replication
     // ---- Finding 2: no server connection for the next query means an ErrorResponse, never
     // a silently closed socket. ----
     // The pool timing out (53300): the only server connection is in another's transaction.
-    let waiter = s.client("postgres").await;
-    let holder = s.client("postgres").await;
+    let waiter = s.watched_client("postgres").await;
+    let holder = s.watched_client("postgres").await;
     exec(&holder.client, "BEGIN; SELECT 1").await;
     let err = waiter
         .client
@@ -332,7 +346,7 @@ async fn transaction_pooling_reports_pool_and_compute_errors_refuses_replication
     // The compute refusing a new server connection with its own error (3D000 for a
     // database dropped since the client logged in).
     exec(&holder.client, "CREATE DATABASE dropme").await;
-    let orphan = s.client("dropme").await;
+    let orphan = s.watched_client("dropme").await;
     assert_eq!(
         value(&orphan.client, "SELECT current_database()").await,
         "dropme"
@@ -478,9 +492,9 @@ async fn failed_first_start_leaves_no_role_api_errors_are_json_deleted_roles_are
     .await;
 
     // ---- Finding 14: a client that hangs up mid-query has its query cancelled. ----
-    let observer = s.client("postgres").await;
+    let observer = s.watched_client("postgres").await;
     exec(&observer.client, "CREATE TABLE t (x int)").await;
-    let Watched { client, ended } = s.client("postgres").await;
+    let Watched { client, ended } = s.watched_client("postgres").await;
     exec(&client, "BEGIN; LOCK TABLE t").await;
     let sleeper = tokio::spawn(async move {
         let _ = client.simple_query("SELECT pg_sleep(30)").await;
