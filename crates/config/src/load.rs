@@ -33,8 +33,9 @@ const ENV_SEPARATOR: &str = "__";
 
 /// Top-level keys of [`Config`]. `LAKEBED_*` variables that start with one of these, or
 /// name a nested key, are read; others (say `LAKEBED_LOG`) don't fail the load.
-const TOP_LEVEL_KEYS: [&str; 6] = [
+const TOP_LEVEL_KEYS: [&str; 7] = [
     "data_dir",
+    "logging",
     "manager",
     "compute",
     "proxy",
@@ -137,6 +138,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The page store (`[pageserver]`).
     pub pageserver: PageServerConfig,
+    /// Logging (`[logging]`).
+    pub logging: LogConfig,
     /// Per-endpoint settings (`[endpoints.NAME]`); keys must be valid [`EndpointName`]s.
     /// Endpoints not listed use the default policy. Default empty.
     pub endpoints: BTreeMap<EndpointName, EndpointConfig>,
@@ -151,6 +154,7 @@ impl Default for Config {
             compute: ComputeConfig::default(),
             proxy: ProxyConfig::default(),
             pageserver: PageServerConfig::default(),
+            logging: LogConfig::default(),
             endpoints: BTreeMap::new(),
         }
     }
@@ -212,6 +216,26 @@ impl Default for ComputeConfig {
             stop_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
+}
+
+/// Logging (`[logging]`). Logs go to standard error; `RUST_LOG` sets the levels.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default; coloured on a terminal) or `json` (one object per line, with the
+    /// span fields such as `ep` and `role`).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The client-facing proxy (`[proxy]`): where clients connect, TLS, routing and limits.
@@ -878,6 +902,16 @@ mod tests {
     use figment::Jail;
 
     use super::*;
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        let c = Config::from_toml_str("t.toml", "[logging]\nformat = \"json\"").unwrap();
+        assert_eq!(c.logging.format, LogFormat::Json);
+        assert_eq!(Config::default().logging.format, LogFormat::Text);
+        let (_, key, _) =
+            invalid(Config::from_toml_str("t.toml", "[logging]\nformat = \"xml\"").unwrap_err());
+        assert_eq!(key, "logging.format");
+    }
 
     fn invalid(err: ConfigError) -> (String, String, String) {
         match err {

@@ -13,6 +13,7 @@
 mod cli;
 mod client;
 mod commands;
+mod logging;
 mod pki;
 mod up;
 

@@ -32,14 +32,7 @@ const DEFAULT_ENDPOINT: &str = "main";
 const DEFAULT_ROLE: &str = "lakebed";
 
 pub async fn run(config: Config) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    crate::logging::init(config.logging.format, "info,tokio_postgres=warn");
 
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

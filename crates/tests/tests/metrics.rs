@@ -154,3 +154,35 @@ async fn counters_move_by_a_known_workload_of_three_connections_and_one_wake() {
     assert!(cols[2].starts_with("127.0.0.1:"), "{main}");
     assert_eq!(cols[cols.len() - 4], "1", "one boot: {main}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_span_fields_and_no_secrets() {
+    let dir = DataDir::new();
+    let up = LakebedUp::start_with(&dir, &[("LAKEBED_LOGGING__FORMAT", "json")]).await;
+    let proxy = up.proxy_addr.expect("the banner names the proxy");
+    let password = up
+        .password
+        .clone()
+        .expect("first start prints the password");
+    let client = connect_via_proxy(proxy, "main", "lakebed", &password)
+        .await
+        .expect("connect through the proxy");
+    client.simple_query("SELECT 1").await.expect("query");
+    drop(client);
+
+    let log = up.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty());
+    let started = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "session started")
+        .unwrap_or_else(|| panic!("no 'session started' line in:\n{log}"));
+    assert_eq!(started["span"]["ep"], "main", "{started}");
+    assert_eq!(started["span"]["role"], "lakebed", "{started}");
+    assert!(!log.contains(&password), "the password is in the log");
+    let token = std::fs::read_to_string(dir.path().join("admin-token")).expect("admin-token");
+    assert!(!log.contains(token.trim()), "the admin token is in the log");
+}

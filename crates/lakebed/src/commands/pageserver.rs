@@ -12,12 +12,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the page store until SIGINT or SIGTERM.
 pub async fn run(config: &Config) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::logging::init(config.logging.format, "info");
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
