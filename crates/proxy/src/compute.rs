@@ -48,8 +48,6 @@ pub struct ComputeConn {
     pub key: CancelKey,
     /// `ParameterStatus` and notice messages, raw, in order, to pass to the client.
     pub startup: Vec<u8>,
-    /// The raw `ReadyForQuery` that ended the startup.
-    pub ready: Bytes,
 }
 
 /// Connects and logs in; see the module docs.
@@ -196,7 +194,6 @@ async fn connect_inner(
                     key: compute_key
                         .ok_or_else(|| ConnectError::Fatal("no BackendKeyData".into()))?,
                     startup,
-                    ready: raw(tag, &body),
                 });
             }
             other => {

@@ -138,17 +138,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PqStream<S> {
 
     /// Reads one typed message (tag, body) whose length word is at most `max_len`.
     pub async fn read_message(&mut self, max_len: usize) -> Result<(u8, Bytes), ReadError> {
-        self.fill_to(5).await?;
-        let tag = self.read[0];
-        let len =
-            u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]) as usize;
-        if len < 4 || len > max_len {
-            return Err(ReadError::BadLength(len as u64));
+        loop {
+            match take_frame(&mut self.read, max_len) {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {
+                    if self.io.read_buf(&mut self.read).await? == 0 {
+                        return Err(ReadError::Eof);
+                    }
+                }
+                Err(BadLength(len)) => return Err(ReadError::BadLength(len as u64)),
+            }
         }
-        self.fill_to(1 + len).await?;
-        let mut msg = self.read.split_to(1 + len);
-        msg.advance(5);
-        Ok((tag, msg.freeze()))
     }
 
     /// The write buffer, for the builders in [`crate::pqproto`].
@@ -178,5 +178,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PqStream<S> {
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.io
+    }
+}
+
+/// A length word out of bounds: the peer does not speak the protocol.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("message length {0} out of bounds")]
+pub struct BadLength(pub usize);
+
+/// Takes one whole message (tag, body) off the front of `buf`, if one is there.
+///
+/// # Errors
+///
+/// [`BadLength`] if the length word is below 4 or above `max`.
+pub fn take_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, bytes::Bytes)>, BadLength> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if !(4..=max).contains(&len) {
+        return Err(BadLength(len));
+    }
+    if buf.len() < 1 + len {
+        buf.reserve(1 + len - buf.len());
+        return Ok(None);
+    }
+    let mut msg = buf.split_to(1 + len);
+    let tag = msg[0];
+    let _ = msg.split_to(5);
+    Ok(Some((tag, msg.freeze())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn frames_are_taken_whole_and_bad_lengths_refused() {
+        let mut buf = BytesMut::from(&b"Z\0\0\0\x05IC\0\0"[..]);
+        assert_eq!(
+            take_frame(&mut buf, 100).unwrap(),
+            Some((b'Z', bytes::Bytes::from_static(b"I")))
+        );
+        assert_eq!(
+            take_frame(&mut buf, 100).unwrap(),
+            None,
+            "partial message stays"
+        );
+        assert_eq!(&buf[..], b"C\0\0");
+        let mut bad = BytesMut::from(&b"Z\0\0\0\x02"[..]);
+        assert_eq!(take_frame(&mut bad, 100), Err(BadLength(2)));
+        let mut big = BytesMut::from(&b"D\x7f\xff\xff\xff"[..]);
+        assert!(take_frame(&mut big, 100).is_err());
     }
 }
