@@ -45,8 +45,8 @@ async fn check(manager: &Manager, name: &EndpointName, slot: &Slot) {
     let Lifecycle::Up(run) = &mut *life else {
         return;
     };
-    if let Some(status) = run.postmaster.try_exited() {
-        manager.crashed(name, slot, &mut life, status);
+    if let Some(reason) = run.exited() {
+        manager.crashed(name, slot, &mut life, reason).await;
         return;
     }
     let Ok(endpoint) = manager.catalog().endpoint(name) else {

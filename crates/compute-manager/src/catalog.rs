@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::ManagerError;
 use crate::verifier::Verifier;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE tenants (
@@ -57,6 +57,13 @@ ALTER TABLE endpoints ADD COLUMN pool_mode TEXT NOT NULL DEFAULT 'session';
 ALTER TABLE roles ADD COLUMN pool_mode TEXT;
 ";
 
+/// Version 2 to 3: each endpoint's timeline in the page store, a fresh random id per
+/// endpoint (so a deleted and re-created endpoint never sees the old one's data).
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE endpoints ADD COLUMN timeline TEXT;
+UPDATE endpoints SET timeline = 'ep-' || lower(hex(randomblob(8))) WHERE timeline IS NULL;
+";
+
 /// An endpoint as the catalog holds it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EndpointRecord {
@@ -70,6 +77,8 @@ pub struct EndpointRecord {
     pub pool_mode: PoolMode,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Its timeline in the page store: `ep-` and 16 random hex digits.
+    pub timeline: String,
 }
 
 /// A role as the catalog holds it.
@@ -122,12 +131,15 @@ impl Catalog {
         conn.busy_timeout(Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
-            0 | 1 => {
+            0..=2 => {
                 let tx = conn.unchecked_transaction()?;
                 if version == 0 {
                     tx.execute_batch(SCHEMA)?;
                 }
-                tx.execute_batch(MIGRATE_1_TO_2)?;
+                if version <= 1 {
+                    tx.execute_batch(MIGRATE_1_TO_2)?;
+                }
+                tx.execute_batch(MIGRATE_2_TO_3)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
@@ -181,7 +193,8 @@ impl Catalog {
             return Err(ManagerError::TenantNotFound(tenant.to_string()));
         }
         let inserted = tx.execute(
-            "INSERT OR IGNORE INTO endpoints (name, tenant, policy, created_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR IGNORE INTO endpoints (name, tenant, policy, created_at, timeline) \
+             VALUES (?1, ?2, ?3, ?4, 'ep-' || lower(hex(randomblob(8))))",
             params![name.as_str(), tenant.as_str(), policy_json(policy), now()],
         )?;
         if inserted == 0 {
@@ -200,7 +213,7 @@ impl Catalog {
     pub fn endpoint(&self, name: &EndpointName) -> Result<EndpointRecord, ManagerError> {
         self.conn()
             .query_row(
-                "SELECT name, tenant, policy, created_at, pool_mode FROM endpoints WHERE name = ?1",
+                "SELECT name, tenant, policy, created_at, pool_mode, timeline FROM endpoints WHERE name = ?1",
                 [name.as_str()],
                 endpoint_row,
             )
@@ -212,7 +225,7 @@ impl Catalog {
     pub fn endpoints(&self) -> Result<Vec<EndpointRecord>, ManagerError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, tenant, policy, created_at, pool_mode FROM endpoints ORDER BY name",
+            "SELECT name, tenant, policy, created_at, pool_mode, timeline FROM endpoints ORDER BY name",
         )?;
         let rows = stmt.query_map([], endpoint_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -490,6 +503,7 @@ fn endpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRecord> {
         policy: serde_json::from_str(&policy).map_err(|e| conversion_error(2, e))?,
         created_at: time_col(r, 3)?,
         pool_mode: pool_mode_col(r, 4)?.unwrap_or_default(),
+        timeline: r.get(5)?,
     })
 }
 

@@ -27,7 +27,9 @@ mod error;
 pub mod manager;
 pub mod postgres;
 pub mod reconcile;
+pub mod storage;
 pub mod verifier;
 
 pub use error::{ErrorCode, ManagerError};
 pub use manager::{ComputeTls, Manager, ManagerOptions, WakeOutcome};
+pub use storage::PageStoreOptions;

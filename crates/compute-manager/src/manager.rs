@@ -34,6 +34,7 @@ use crate::compute::{ComputeState, ComputeStatus, Decision, Failure};
 use crate::postgres::sql::{self, Activity, QUERY_TIMEOUT};
 use crate::postgres::{EndpointDir, OsUser, PgInstall, Postmaster, StartError};
 use crate::reconcile;
+use crate::storage::{PageStoreOptions, Pagefs, Storage};
 use crate::verifier::{Verifier, generate_password};
 
 /// How many times a start retries with another port when Postgres loses a bind race.
@@ -52,6 +53,10 @@ pub struct ManagerOptions {
     /// [`ComputeTls::ca_cert`] (the proxy) can log in to a compute; without it, catalog roles
     /// log in directly with SCRAM over loopback TCP. See [`crate::postgres::EndpointDir`].
     pub compute_tls: Option<ComputeTls>,
+    /// The page store computes run on (PGDATA mounted by pagefs). Without it PGDATA is a
+    /// local folder under the data directory, which keeps no promise of statelessness; it
+    /// serves tests of the lifecycle alone. `lakebed up` always sets it.
+    pub page_store: Option<PageStoreOptions>,
 }
 
 /// TLS material for computes; with it, computes accept only clients presenting a certificate
@@ -82,6 +87,7 @@ impl ManagerOptions {
             compute: config.compute.clone(),
             activity_poll_interval: config.manager.activity_poll_interval.get(),
             compute_tls: None,
+            page_store: None,
         }
     }
 }
@@ -128,10 +134,23 @@ pub struct RoleView {
 /// A running compute, owned by its slot's lifecycle lock.
 pub(crate) struct Running {
     pub(crate) postmaster: Postmaster,
+    /// The pagefs serving PGDATA, when on the page store.
+    pub(crate) pagefs: Option<Pagefs>,
     /// The system role's connection, for monitoring; reopened if it breaks.
     pub(crate) client: Option<Client>,
     /// The last time the monitor saw activity (or the boot finished).
     pub(crate) last_activity: Instant,
+}
+
+impl Running {
+    /// Why the compute is broken, if it is: the postmaster or pagefs exited on its own.
+    pub(crate) fn exited(&mut self) -> Option<String> {
+        if let Some(status) = self.postmaster.try_exited() {
+            return Some(format!("postgres exited unexpectedly with {status}"));
+        }
+        let status = self.pagefs.as_mut()?.try_exited()?;
+        Some(format!("pagefs exited unexpectedly with {status}"))
+    }
 }
 
 /// Whether an endpoint's compute runs.
@@ -225,6 +244,7 @@ struct Inner {
     install: PgInstall,
     user: OsUser,
     manager_os_user: String,
+    storage: Option<Storage>,
     slots: Mutex<HashMap<EndpointName, Arc<Slot>>>,
     closing: CancellationToken,
 }
@@ -245,6 +265,7 @@ impl Manager {
         opts.data_dir = prepare_data_dir(&opts.data_dir, &user)?;
         let catalog = Catalog::open(&opts.data_dir.join("catalog.db"))?;
         reconcile::reconcile(&opts.data_dir, &catalog, opts.compute.stop_timeout.get()).await?;
+        let storage = opts.page_store.clone().map(Storage::new).transpose()?;
         tracing::info!(
             data_dir = %opts.data_dir.display(),
             postgres = %install.bin_dir.display(),
@@ -258,6 +279,7 @@ impl Manager {
                 install,
                 user,
                 manager_os_user,
+                storage,
                 slots: Mutex::new(HashMap::new()),
                 closing: CancellationToken::new(),
             }),
@@ -333,7 +355,11 @@ impl Manager {
             let mut life = slot.life.lock().await;
             this.stop_locked(&name, &slot, &mut life, StopReason::Deleted)
                 .await;
+            let timeline = this.inner.catalog.endpoint(&name)?.timeline;
             this.inner.catalog.delete_endpoint(&name)?;
+            if let Some(storage) = &this.inner.storage {
+                storage.delete_timeline(&timeline).await;
+            }
             let dir = EndpointDir::new(this.data_dir(), &name);
             crate::postgres::remove_dir_if_exists(dir.root())?;
             this.inner
@@ -558,7 +584,7 @@ impl Manager {
             return Err(ManagerError::ShuttingDown);
         }
         if let Lifecycle::Up(run) = &mut *life {
-            match run.postmaster.try_exited() {
+            match run.exited() {
                 None => {
                     // A wake is activity: a client is about to connect, so the idle clock
                     // restarts and the monitor won't stop the compute under it.
@@ -571,7 +597,7 @@ impl Manager {
                         cold_start_ms: None,
                     });
                 }
-                Some(status) => self.crashed(name, slot, &mut life, status),
+                Some(reason) => self.crashed(name, slot, &mut life, reason).await,
             }
         }
         // The endpoint may have been deleted while this call waited for the lock.
@@ -629,12 +655,57 @@ impl Manager {
         let inner = &self.inner;
         let dir = EndpointDir::new(&inner.opts.data_dir, &endpoint.name);
         dir.create()?;
-        if !dir.is_initialized() {
-            dir.initdb(&inner.install, &inner.user, &endpoint.name)
-                .await?;
+        let mut pagefs = match &inner.storage {
+            Some(storage) => {
+                storage
+                    .ensure_timeline(
+                        endpoint.name.as_str(),
+                        &endpoint.timeline,
+                        &inner.install,
+                        &inner.user,
+                        &inner.opts.data_dir,
+                    )
+                    .await?;
+                Some(
+                    storage
+                        .mount_endpoint(
+                            endpoint.name.as_str(),
+                            &endpoint.timeline,
+                            &dir,
+                            &inner.user,
+                        )
+                        .await?,
+                )
+            }
+            None => {
+                if !dir.is_initialized() {
+                    dir.initdb(&inner.install, &inner.user, &endpoint.name)
+                        .await?;
+                }
+                None
+            }
+        };
+        let result = self.start_postgres(endpoint, slot, &dir).await;
+        if result.is_err()
+            && let Some(fs) = &mut pagefs
+        {
+            fs.stop(inner.opts.compute.stop_timeout.get()).await;
         }
+        result.map(|mut run| {
+            run.pagefs = pagefs;
+            run
+        })
+    }
+
+    /// Starts the postmaster on a ready PGDATA and prepares it.
+    async fn start_postgres(
+        &self,
+        endpoint: &EndpointRecord,
+        slot: &Slot,
+        dir: &EndpointDir,
+    ) -> Result<Running, ManagerError> {
+        let inner = &self.inner;
         let tls = inner.opts.compute_tls.as_ref();
-        dir.install_tls(tls, &inner.user)?;
         dir.write_access_rules(&inner.user, &inner.manager_os_user, tls.is_some())?;
         let grace = inner.opts.compute.stop_timeout.get();
         let mut tried = Vec::new();
@@ -642,11 +713,12 @@ impl Manager {
             let port = self.pick_port(&tried)?;
             tried.push(port);
             dir.fresh_private_dir(&dir.run_dir(), &inner.user)?;
+            dir.install_tls(tls, &inner.user)?;
             let cluster = format!("lakebed/{}", endpoint.name);
             let mut pm = Postmaster::spawn(
                 &inner.install,
                 &inner.user,
-                &dir,
+                dir,
                 &cluster,
                 port,
                 tls.is_some(),
@@ -658,6 +730,7 @@ impl Manager {
                     Ok(()) => {
                         return Ok(Running {
                             postmaster: pm,
+                            pagefs: None,
                             client: Some(client),
                             last_activity: Instant::now(),
                         });
@@ -725,20 +798,32 @@ impl Manager {
         })
     }
 
-    /// Records that the postmaster exited on its own, and clears the slot.
-    pub(crate) fn crashed(
+    /// Records that the compute broke (the postmaster or its pagefs exited on its own),
+    /// removes what is left of it (orphaned backends, pagefs, the mount, local files), and
+    /// clears the slot. The next wake starts afresh, with crash recovery.
+    pub(crate) async fn crashed(
         &self,
         name: &EndpointName,
         slot: &Slot,
         life: &mut Lifecycle,
-        status: std::process::ExitStatus,
+        reason: String,
     ) {
-        let Lifecycle::Up(run) = std::mem::replace(life, Lifecycle::Down) else {
+        let Lifecycle::Up(mut run) = std::mem::replace(life, Lifecycle::Down) else {
             return;
         };
         let log_tail = run.postmaster.log_tail();
-        let reason = format!("postgres exited unexpectedly with {status}");
         tracing::warn!(endpoint = %name, %reason, "compute crashed");
+        let grace = self.inner.opts.compute.stop_timeout.get();
+        drop(run.client.take());
+        run.postmaster.stop(grace).await;
+        // Backends left by a killed postmaster share its process group.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(run.postmaster.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        if let Some(fs) = &mut run.pagefs {
+            fs.stop(grace).await;
+        }
         let dir = EndpointDir::new(self.data_dir(), name);
         let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
         slot.publish(
@@ -776,8 +861,8 @@ impl Manager {
         let Lifecycle::Up(run) = life else {
             return StopOutcome::NotRunning;
         };
-        if let Some(status) = run.postmaster.try_exited() {
-            self.crashed(name, slot, life, status);
+        if let Some(reason) = run.exited() {
+            self.crashed(name, slot, life, reason).await;
             return StopOutcome::NotRunning;
         }
         if let Some(client) = &run.client {
@@ -802,10 +887,13 @@ impl Manager {
         };
         slot.publish(ComputeState::Suspending, Some(&run.postmaster), None);
         drop(run.client.take());
-        let status = run
-            .postmaster
-            .stop(self.inner.opts.compute.stop_timeout.get())
-            .await;
+        let grace = self.inner.opts.compute.stop_timeout.get();
+        let status = run.postmaster.stop(grace).await;
+        if let Some(fs) = &mut run.pagefs
+            && !fs.stop(grace).await.is_some_and(|s| s.success())
+        {
+            tracing::error!(endpoint = %name, "pagefs did not unmount cleanly; see pagefs.log");
+        }
         let dir = EndpointDir::new(self.data_dir(), name);
         let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
         slot.publish(ComputeState::Suspended, None, None);

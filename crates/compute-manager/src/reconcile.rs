@@ -3,7 +3,8 @@
 //! A manager killed with SIGKILL leaves its postmasters running (they are in their own
 //! process groups) and perhaps an initdb scratch directory. On start, before serving anything,
 //! the manager stops every postmaster it finds in an endpoint's PGDATA (fast shutdown, then
-//! immediate, then SIGKILL), removes scratch and socket directories, and removes the
+//! immediate, then SIGKILL), detaches pagefs mounts (their orphaned pagefs then flushes and
+//! exits) and removes their local files, removes scratch and socket directories, and removes the
 //! directories of endpoints no longer in the catalog (a delete that crashed half-way).
 //! Stopping rather than adopting keeps one rule: a compute runs only as a child of the
 //! manager that tracks it. The next wake starts it again, with crash recovery if needed.
@@ -26,6 +27,8 @@ pub async fn reconcile(
     catalog: &Catalog,
     grace: Duration,
 ) -> Result<usize, ManagerError> {
+    let template = data_dir.join("template");
+    crate::storage::clear_stale(&template.join("pgdata"), &template.join("local"))?;
     let parent = EndpointDir::parent(data_dir);
     let Ok(entries) = std::fs::read_dir(&parent) else {
         return Ok(0);
@@ -47,6 +50,7 @@ pub async fn reconcile(
         }
         remove_dir_if_exists(&dir.run_dir())?;
         remove_dir_if_exists(&dir.root().join("pgdata.initdb"))?;
+        crate::storage::clear_stale(&dir.pgdata(), &dir.local_dir())?;
         if matches!(
             catalog.endpoint(&name),
             Err(ManagerError::EndpointNotFound(_))

@@ -203,6 +203,18 @@ pub struct ComputeConfig {
     /// How long a compute gets to shut down after being asked before it is killed.
     /// Default `30s`; must be more than zero.
     pub stop_timeout: HumanDuration,
+    /// The page store computes' data directories are served from, e.g.
+    /// `http://10.0.0.5:6434`. Default none: `lakebed up` runs one in its own process
+    /// (listening on `pageserver.listen`) and uses that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pageserver_url: Option<String>,
+    /// Size of each compute's local page cache (sealed under its per-boot key), in MiB.
+    /// Default `1024`; at least `1`.
+    pub cache_mib: u64,
+    /// How long a compute's reads and fsyncs wait for an unreachable page store before
+    /// they fail with EIO (Postgres then reports an error). Default `60s`; must be more
+    /// than zero.
+    pub io_timeout: HumanDuration,
 }
 
 impl Default for ComputeConfig {
@@ -214,6 +226,9 @@ impl Default for ComputeConfig {
             port_range: PortRange::Auto,
             start_timeout: HumanDuration(Duration::from_secs(60)),
             stop_timeout: HumanDuration(Duration::from_secs(30)),
+            pageserver_url: None,
+            cache_mib: 1024,
+            io_timeout: HumanDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -674,9 +689,21 @@ impl Config {
         if c.os_user.trim().is_empty() {
             return fail("compute.os_user", "must not be empty".to_owned());
         }
+        if c.cache_mib == 0 {
+            return fail("compute.cache_mib", "must be at least 1".to_owned());
+        }
+        if let Some(url) = &c.pageserver_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return fail(
+                "compute.pageserver_url",
+                format!("{url:?} is not a URL like http://127.0.0.1:6434"),
+            );
+        }
         for (key, value) in [
             ("compute.start_timeout", c.start_timeout),
             ("compute.stop_timeout", c.stop_timeout),
+            ("compute.io_timeout", c.io_timeout),
         ] {
             if value.get().is_zero() {
                 return fail(key, "must be more than 0s".to_owned());

@@ -54,6 +54,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// Serve one compute's PGDATA from the page store (started by the compute manager, one
+    /// process per compute). Prints `ready GENERATION` once mounted; SIGTERM unmounts.
+    #[command(hide = true)]
+    Pagefs(PagefsArgs),
     /// One screen: every endpoint's state, last cold start, clients, pooled servers.
     Status,
     /// Show the proxy's connection pools: clients, servers, waits, transactions, bytes.
@@ -62,6 +66,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `lakebed pagefs`: what to mount where. Nothing secret is passed here.
+#[derive(Debug, Args)]
+pub struct PagefsArgs {
+    /// Directory to mount on (must exist and be empty).
+    #[arg(long, value_name = "DIR")]
+    pub mountpoint: PathBuf,
+    /// The page store's URL, e.g. http://127.0.0.1:6434.
+    #[arg(long, value_name = "URL")]
+    pub pageserver: String,
+    /// PEM CA to verify the page store's TLS certificate (https:// URLs).
+    #[arg(long, value_name = "FILE")]
+    pub pageserver_ca: Option<PathBuf>,
+    /// The timeline to serve.
+    #[arg(long)]
+    pub timeline: String,
+    /// Local directory for the sealed cache and scratch files (removed at unmount).
+    #[arg(long, value_name = "DIR")]
+    pub local_dir: PathBuf,
+    /// Local cache size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub cache_mib: u64,
+    /// Owner of every file.
+    #[arg(long)]
+    pub uid: u32,
+    /// Group of every file.
+    #[arg(long)]
+    pub gid: u32,
+    /// How long reads and fsyncs wait for an unreachable page store before failing with
+    /// EIO, e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub io_timeout: std::time::Duration,
 }
 
 /// Policy flags shared by `endpoint create` and `endpoint set`.

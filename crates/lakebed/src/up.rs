@@ -14,9 +14,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use lakebed_compute_manager::{
-    ComputeTls, Manager, ManagerError, ManagerOptions, activity, api, verifier,
+    ComputeTls, Manager, ManagerError, ManagerOptions, PageStoreOptions, activity, api, verifier,
 };
 use lakebed_config::{AutosuspendPolicy, Config, EndpointName, RoleName, TenantName};
+use lakebed_pageserver::{PageServer, ServerOptions};
 use lakebed_proxy::control::ControlPlaneOptions;
 use lakebed_proxy::tls::{TlsServer, compute_client_config};
 use lakebed_proxy::{Proxy, ProxyOptions};
@@ -60,11 +61,20 @@ pub async fn run(config: Config) -> Result<()> {
             )
         })?;
 
+    let (pageserver_url, pageserver) = start_pageserver(&config).await?;
+
     let mut manager_opts = ManagerOptions::from_config(&config);
     manager_opts.compute_tls = Some(ComputeTls {
         ca_cert: pki.internal_ca_cert.clone(),
         server_cert: pki.compute_cert.clone(),
         server_key: pki.compute_key.clone(),
+    });
+    manager_opts.page_store = Some(PageStoreOptions {
+        url: pageserver_url,
+        ca_file: None,
+        pagefs_bin: std::env::current_exe().context("finding the lakebed binary for pagefs")?,
+        cache_mib: config.compute.cache_mib,
+        io_timeout: config.compute.io_timeout.get(),
     });
     let manager = Manager::open(manager_opts).await?;
     let data_dir = manager.data_dir().to_path_buf();
@@ -125,11 +135,53 @@ pub async fn run(config: Config) -> Result<()> {
     let _ = proxy_api_task.await;
     let _ = std::fs::remove_file(&proxy_api_file);
     manager.shutdown().await;
+    // Only now: suspending computes flush their pages to it.
+    if let Some((stop, task)) = pageserver {
+        stop.cancel();
+        let _ = task.await;
+    }
     let _ = monitor.await;
     let _ = server.await;
     let _ = std::fs::remove_file(&addr_file);
     println!("Lakebed stopped; every compute is suspended.");
     Ok(())
+}
+
+/// The page store computes use: `compute.pageserver_url`, or else one served from this
+/// process on `pageserver.listen` with its data in `pageserver.data_dir`. Returns its URL and,
+/// when served here, how to stop it.
+async fn start_pageserver(
+    config: &Config,
+) -> Result<(
+    String,
+    Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+)> {
+    if let Some(url) = &config.compute.pageserver_url {
+        return Ok((url.clone(), None));
+    }
+    let data_dir = config.pageserver_data_dir();
+    let server = PageServer::bind(ServerOptions {
+        listen: config.pageserver.listen,
+        data_dir: data_dir.clone(),
+        tls: None,
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "pageserver.listen: cannot serve the page store on {}",
+            config.pageserver.listen
+        )
+    })?;
+    let addr = server.local_addr();
+    tracing::info!(%addr, data_dir = %data_dir.display(), "page store ready");
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.serve(stopped.cancelled_owned()).await {
+            tracing::error!(error = %e, "the page store failed");
+        }
+    });
+    Ok((format!("http://{addr}"), Some((stop, task))))
 }
 
 /// Installs the process's metrics recorder. Metrics are Prometheus-named; both HTTP APIs

@@ -139,8 +139,9 @@ impl fmt::Display for TimelineId {
 
 /// A fencing number. Each compute boot acquires the next generation of its timeline; the page
 /// store then refuses writes carrying any other (older) generation, so a compute that lost its
-/// timeline to a newer one cannot change it (no split brain). A new timeline is at
-/// generation 0.
+/// timeline to a newer one cannot change it (no split brain). A new root timeline is at
+/// generation 0; a branch starts at its parent's generation at the time of branching, so
+/// every generation acquired on the branch is above those that wrote what it inherits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Generation(pub u32);
 

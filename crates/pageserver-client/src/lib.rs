@@ -4,9 +4,10 @@
 //!   per-call deadlines and retries with exponential backoff when the page store is
 //!   unreachable.
 //!
-//! pagefs, the FUSE filesystem each compute's PGDATA is mounted on, and its local cache
-//! sealed under a per-boot key, come next and will build on [`rpc`].
+//! - [`pagefs`]: the FUSE filesystem each compute's PGDATA is mounted on, with its local
+//!   cache sealed under a per-boot key.
 
+pub mod pagefs;
 pub mod rpc;
 
 pub use lakebed_pageserver_api::{Generation, Seq, TimelineId, TimelineIdError, limits};

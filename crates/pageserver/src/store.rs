@@ -156,7 +156,8 @@ from_redb!(
 /// A timeline's state, as [`Store::describe`] returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimelineInfo {
-    /// The current generation (0 until the first [`Store::acquire`]).
+    /// The current generation (for a new root 0, for a new branch its parent's, until the
+    /// first [`Store::acquire`]).
     pub generation: Generation,
     /// The seq of the newest committed batch (for a branch with no writes yet: its branch
     /// point).
@@ -328,8 +329,11 @@ impl Store {
                             last: Seq(pmeta.last_seq),
                         });
                     }
+                    // The branch starts at its parent's generation, so its own generations
+                    // are all above any that wrote what it inherits: a client that derives
+                    // names from its generation (pagefs's inode numbers) cannot collide.
                     Meta {
-                        generation: 0,
+                        generation: pmeta.generation,
                         last_seq: at,
                         parent: Some((pid.to_string(), at)),
                     }

@@ -424,6 +424,7 @@ impl LakebedUp {
             // So parallel tests (and a developer's own stack) never fight over port 6432.
             .env("LAKEBED_PROXY__LISTEN", "127.0.0.1:0")
             .env("LAKEBED_PROXY__API_LISTEN", "127.0.0.1:0")
+            .env("LAKEBED_PAGESERVER__LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -608,6 +609,114 @@ impl Drop for PageServerProcess {
                 "--- pageserver log ---\n{}",
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
+        }
+    }
+}
+
+/// A running `lakebed pagefs` (one compute's PGDATA over FUSE). Dropping it SIGKILLs the
+/// process and detaches the mount.
+pub struct PagefsProcess {
+    child: Child,
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// The local (cache and scratch) directory.
+    pub local_dir: PathBuf,
+    /// The generation it acquired.
+    pub generation: u32,
+    log: PathBuf,
+}
+
+impl PagefsProcess {
+    /// Mounts `timeline` of the page store at `url` on `<dir>/<name>/mnt` (cache in
+    /// `<dir>/<name>/local`), files owned by root, with `extra` arguments; waits for `ready`.
+    pub async fn start(dir: &Path, name: &str, url: &str, timeline: &str, extra: &[&str]) -> Self {
+        let base = dir.join(name);
+        let mountpoint = base.join("mnt");
+        let local_dir = base.join("local");
+        std::fs::create_dir_all(&mountpoint).expect("create the mount point");
+        let log = base.join("pagefs.log");
+        let mut cmd = Command::new(lakebed_bin());
+        cmd.arg("pagefs")
+            .arg("--mountpoint")
+            .arg(&mountpoint)
+            .args(["--pageserver", url, "--timeline", timeline])
+            .arg("--local-dir")
+            .arg(&local_dir)
+            .args(["--uid", "0", "--gid", "0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("create the log file"))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn lakebed pagefs");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let ready = timeout(DEADLINE, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("pagefs not ready within {DEADLINE:?}"))
+            .expect("read pagefs's stdout");
+        let Some(generation) = ready
+            .as_deref()
+            .and_then(|l| l.strip_prefix("ready "))
+            .and_then(|g| g.trim().parse().ok())
+        else {
+            let _ = child.wait().await;
+            panic!(
+                "lakebed pagefs did not get ready ({ready:?}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Self {
+            child,
+            mountpoint,
+            local_dir,
+            generation,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends `signal` and waits (at most [`DEADLINE`]) for the process to exit.
+    pub async fn stop(&mut self, signal: Signal) -> std::process::ExitStatus {
+        let pid = self.pid() as i32;
+        kill(Pid::from_raw(pid), signal).expect("signal pagefs");
+        let status = timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("pagefs exits")
+            .expect("wait for pagefs");
+        detach(&self.mountpoint);
+        status
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `umount -l PATH` if something is mounted there.
+pub fn detach(path: &Path) {
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*path.to_string_lossy()));
+    if mounted {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(path)
+            .status();
+    }
+}
+
+impl Drop for PagefsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        detach(&self.mountpoint);
+        if std::thread::panicking() {
+            eprintln!("--- pagefs log ---\n{}", self.log_text());
         }
     }
 }

@@ -2,16 +2,18 @@
 //!
 //! ```text
 //! <data_dir>/endpoints/<endpoint>/      root-owned, 0711 (the compute user may pass through)
-//!     pgdata/                           the compute user's, 0700: PostgreSQL's data directory
-//!         lakebed-ca.pem                with `ComputeTls` only, copied at each boot (0600):
-//!         lakebed-server.pem            the CA that client certificates must chain to, and
-//!         lakebed-server.key            the compute's certificate and key
-//!     pgdata.initdb/                    only while initdb runs; removed on failure
-//!     run/                              the compute user's, 0700: the Unix socket
+//!     pgdata/                           PostgreSQL's data directory (the compute user's, 0700):
+//!                                       a pagefs mount of the endpoint's timeline, or (for a
+//!                                       manager without a page store) a local folder
+//!     pgdata.initdb/                    local PGDATA only: while initdb runs
+//!     local/                            pagefs only: the sealed cache and scratch files
+//!     run/                              the compute user's, 0700: the Unix socket and, with
+//!         lakebed-ca.pem                `ComputeTls`, copies made at each boot (0600) of the
+//!         lakebed-server.pem            CA that client certificates must chain to and of the
+//!         lakebed-server.key            compute's certificate and key
 //!     postgres.log                      root-owned, 0600: stderr of this boot's postmaster
+//!     pagefs.log                        root-owned, 0600: stderr of this boot's pagefs
 //! ```
-//!
-//! Until the page store lands (issue 4) PGDATA is this local folder.
 //!
 //! # Who can log in
 //!
@@ -87,6 +89,16 @@ impl EndpointDir {
         self.root.join("run")
     }
 
+    /// pagefs's local directory (cache and scratch files).
+    pub fn local_dir(&self) -> PathBuf {
+        self.root.join("local")
+    }
+
+    /// This boot's pagefs log.
+    pub fn pagefs_log(&self) -> PathBuf {
+        self.root.join("pagefs.log")
+    }
+
     /// This boot's PostgreSQL log.
     pub fn log_file(&self) -> PathBuf {
         self.root.join("postgres.log")
@@ -131,59 +143,34 @@ impl EndpointDir {
     ) -> Result<(), ManagerError> {
         let scratch = self.pgdata_initdb();
         self.fresh_private_dir(&scratch, user)?;
-        let mut cmd = tokio::process::Command::new(install.bin("initdb"));
-        cmd.arg("--pgdata")
-            .arg(&scratch)
-            .args([
-                "--username",
-                SYSTEM_ROLE,
-                "--auth-local=peer",
-                "--auth-host=reject",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--no-instructions",
-            ])
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        user.apply(&mut cmd);
-        let out = cmd
-            .output()
-            .await
-            .map_err(ManagerError::io(install.bin("initdb")))?;
-        if !out.status.success() {
+        if let Err(e) = initdb(install, user, &scratch, &self.root, endpoint.as_str()).await {
             let _ = remove_dir_if_exists(&scratch);
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            return Err(ManagerError::StartFailed {
-                endpoint: endpoint.to_string(),
-                reason: format!("initdb exited with {}", out.status),
-                log_tail: tail_lines(&text, 20),
-            });
+            return Err(e);
         }
         std::fs::rename(&scratch, self.pgdata()).map_err(ManagerError::io(self.pgdata()))
     }
 
-    /// Copies the [`ComputeTls`] files into PGDATA ([`TLS_CA_FILE`], [`TLS_CERT_FILE`],
-    /// [`TLS_KEY_FILE`]; 0600, owned by `user`), or removes copies a previous boot left when
-    /// `tls` is `None`.
+    /// Copies the [`ComputeTls`] files into the run directory ([`TLS_CA_FILE`],
+    /// [`TLS_CERT_FILE`], [`TLS_KEY_FILE`]; 0600, owned by `user`), which must exist. They go
+    /// there rather than into PGDATA because PGDATA is on the page store, and a compute's
+    /// private key must stay on the compute. Copies that earlier versions left in PGDATA
+    /// are removed.
     ///
     /// # Errors
     ///
     /// [`ManagerError::Io`] naming the file that could not be read or written.
     pub fn install_tls(&self, tls: Option<&ComputeTls>, user: &OsUser) -> Result<(), ManagerError> {
         let pgdata = self.pgdata();
-        let Some(tls) = tls else {
-            for name in [TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE] {
-                let path = pgdata.join(name);
-                match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(ManagerError::io(&path)(e));
-                    }
-                    _ => {}
+        for name in [TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE] {
+            let path = pgdata.join(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ManagerError::io(&path)(e));
                 }
+                _ => {}
             }
+        }
+        let Some(tls) = tls else {
             return Ok(());
         };
         for (source, name) in [
@@ -192,7 +179,7 @@ impl EndpointDir {
             (&tls.server_key, TLS_KEY_FILE),
         ] {
             let bytes = std::fs::read(source).map_err(ManagerError::io(source))?;
-            write_private(&pgdata.join(name), &bytes, user)?;
+            write_private(&self.run_dir().join(name), &bytes, user)?;
         }
         Ok(())
     }
@@ -232,6 +219,52 @@ impl EndpointDir {
         }
         Ok(())
     }
+}
+
+/// Runs initdb into `pgdata` (which must exist, empty, owned by `user`) as `user`, from
+/// `cwd`. The system role is its bootstrap superuser, logging in by peer only.
+///
+/// # Errors
+///
+/// [`ManagerError::StartFailed`] for `endpoint`, with initdb's output as the log tail.
+pub(crate) async fn initdb(
+    install: &PgInstall,
+    user: &OsUser,
+    pgdata: &Path,
+    cwd: &Path,
+    endpoint: &str,
+) -> Result<(), ManagerError> {
+    let mut cmd = tokio::process::Command::new(install.bin("initdb"));
+    cmd.arg("--pgdata")
+        .arg(pgdata)
+        .args([
+            "--username",
+            SYSTEM_ROLE,
+            "--auth-local=peer",
+            "--auth-host=reject",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-instructions",
+        ])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    user.apply(&mut cmd);
+    let out = cmd
+        .output()
+        .await
+        .map_err(ManagerError::io(install.bin("initdb")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(ManagerError::StartFailed {
+        endpoint: endpoint.to_owned(),
+        reason: format!("initdb exited with {}", out.status),
+        log_tail: tail_lines(&text, 20),
+    })
 }
 
 /// Writes `bytes` to `path` (created 0600, never readable by others), then gives it to `user`.

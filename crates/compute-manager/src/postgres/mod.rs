@@ -8,7 +8,7 @@ mod process;
 pub mod sql;
 
 pub use datadir::EndpointDir;
-pub(crate) use datadir::remove_dir_if_exists;
+pub(crate) use datadir::{initdb, remove_dir_if_exists, tail_lines};
 pub use install::PgInstall;
 pub use os_user::OsUser;
 pub use process::{Postmaster, StartError};

@@ -88,7 +88,6 @@ impl Postmaster {
             .args(["-c", &format!("max_connections={MAX_CONNECTIONS}")])
             .args(["-c", &format!("cluster_name={cluster_name}")]);
         if tls {
-            let pgdata = dir.pgdata();
             cmd.args(["-c", "ssl=on"]);
             for (setting, file) in [
                 ("ssl_cert_file", TLS_CERT_FILE),
@@ -96,7 +95,7 @@ impl Postmaster {
                 ("ssl_ca_file", TLS_CA_FILE),
             ] {
                 cmd.arg("-c")
-                    .arg(format!("{setting}={}", pgdata.join(file).display()));
+                    .arg(format!("{setting}={}", run_dir.join(file).display()));
             }
         }
         cmd.current_dir(dir.root())

@@ -1,6 +1,7 @@
 //! Dispatch of subcommands.
 
 mod endpoint;
+mod pagefs;
 mod pageserver;
 mod role;
 
@@ -14,6 +15,10 @@ use crate::client::{ADDR_FILE, ApiClient, PROXY_ADDR_FILE};
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    // pagefs is configured entirely by its parent, through its arguments.
+    if let Command::Pagefs(args) = cli.command {
+        return pagefs::run(args).await;
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(dir) = cli.data_dir {
         config.data_dir = dir;
@@ -38,6 +43,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             pageserver::run(&config).await
         }
+        Command::Pagefs(_) => unreachable!("handled above"),
     }
 }
 

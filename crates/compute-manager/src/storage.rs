@@ -1,0 +1,416 @@
+//! Computes on the page store: each endpoint's PGDATA is its timeline, mounted by a pagefs
+//! process of its own for the life of one compute.
+//!
+//! - **Template.** initdb runs once per PostgreSQL major version, on a pagefs mount of the
+//!   timeline `template-pgNN`; when it succeeded the manager writes the key [`TEMPLATE_DONE`]
+//!   into that timeline, so a template half-made by a crash is recognised, deleted and made
+//!   again. An endpoint's timeline is a copy-on-write branch of the template made at its first
+//!   wake: O(1) in the page store, whatever the template's size.
+//! - **Mount.** At each wake: stale mounts and local files of an earlier compute are cleared,
+//!   then `lakebed pagefs` is started (its own process group), which acquires the timeline's
+//!   next generation (fencing out any older compute), mounts, and prints `ready GENERATION`.
+//! - **Unmount.** At suspend, after Postgres stopped: SIGTERM, on which pagefs unmounts,
+//!   flushes, and deletes its cache and scratch files. If it does not exit within the grace
+//!   period it is killed and the mount detached; nothing of the endpoint is left locally
+//!   either way (the per-boot key died with the process).
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lakebed_pageserver_client::{
+    ClientOptions, ClientTls, PageStoreClient, RpcError, TimelineId, WriteBatch,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+
+use crate::ManagerError;
+use crate::postgres::{EndpointDir, OsUser, PgInstall, remove_dir_if_exists};
+
+/// Key written into a template timeline once initdb on it succeeded. Outside pagefs's key
+/// space (`i`, `d`, `p` prefixes), so pagefs never sees it.
+pub const TEMPLATE_DONE: &[u8] = b"t/complete";
+
+/// Where the page store is and how computes use it.
+#[derive(Debug, Clone)]
+pub struct PageStoreOptions {
+    /// The page store's URL (`http://` or `https://`).
+    pub url: String,
+    /// PEM CA for an `https://` page store.
+    pub ca_file: Option<PathBuf>,
+    /// The `lakebed` binary that runs `lakebed pagefs`.
+    pub pagefs_bin: PathBuf,
+    /// Local cache per compute, in MiB.
+    pub cache_mib: u64,
+    /// How long pagefs waits for an unreachable page store before EIO.
+    pub io_timeout: Duration,
+}
+
+/// The manager's handle on the page store.
+pub(crate) struct Storage {
+    opts: PageStoreOptions,
+    client: PageStoreClient,
+    /// Serialises template builds.
+    template: tokio::sync::Mutex<Option<TimelineId>>,
+}
+
+fn storage_error(endpoint: &str, what: &str, e: impl std::fmt::Display) -> ManagerError {
+    ManagerError::StartFailed {
+        endpoint: endpoint.to_owned(),
+        reason: format!("{what}: {e}"),
+        log_tail: String::new(),
+    }
+}
+
+/// A running pagefs.
+pub(crate) struct Pagefs {
+    child: Child,
+    mountpoint: PathBuf,
+    local_dir: PathBuf,
+}
+
+impl Storage {
+    pub(crate) fn new(opts: PageStoreOptions) -> Result<Self, ManagerError> {
+        let mut o = ClientOptions::new(opts.url.clone());
+        o.total_timeout = opts.io_timeout;
+        if let Some(ca) = &opts.ca_file {
+            o.tls = Some(ClientTls {
+                ca_pem: std::fs::read(ca).map_err(ManagerError::io(ca))?,
+                domain: None,
+                identity: None,
+            });
+        }
+        let client = PageStoreClient::new(o)
+            .map_err(|e| ManagerError::InvalidInput(format!("compute.pageserver_url: {e}")))?;
+        Ok(Self {
+            opts,
+            client,
+            template: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Makes sure `timeline` exists, branching it from the template (made first if needed).
+    pub(crate) async fn ensure_timeline(
+        &self,
+        endpoint: &str,
+        timeline: &str,
+        install: &PgInstall,
+        user: &OsUser,
+        data_dir: &Path,
+    ) -> Result<(), ManagerError> {
+        let id: TimelineId = timeline
+            .parse()
+            .map_err(|e| storage_error(endpoint, "timeline id", e))?;
+        match self.client.describe_timeline(&id).await {
+            Ok(_) => return Ok(()),
+            Err(RpcError::NotFound { .. }) => {}
+            Err(e) => return Err(storage_error(endpoint, "page store", e)),
+        }
+        let template = self.template(install, user, data_dir).await?;
+        match self
+            .client
+            .create_timeline(&id, Some((&template, None)))
+            .await
+        {
+            Ok(_) | Err(RpcError::AlreadyExists { .. }) => {
+                tracing::info!(endpoint, timeline, %template, "timeline branched from the template");
+                Ok(())
+            }
+            Err(e) => Err(storage_error(endpoint, "branching the timeline", e)),
+        }
+    }
+
+    /// The template timeline for `install`'s major version, built if missing or half-made.
+    async fn template(
+        &self,
+        install: &PgInstall,
+        user: &OsUser,
+        data_dir: &Path,
+    ) -> Result<TimelineId, ManagerError> {
+        let mut cached = self.template.lock().await;
+        if let Some(t) = &*cached {
+            return Ok(t.clone());
+        }
+        let name = format!("template-pg{}", install.major);
+        let id: TimelineId = name
+            .parse()
+            .map_err(|e| storage_error(&name, "template id", e))?;
+        let fail = |what: &str, e: RpcError| storage_error(&name, what, e);
+        let done = match self
+            .client
+            .read(&id, vec![Bytes::from_static(TEMPLATE_DONE)], None)
+            .await
+        {
+            Ok(r) => r.values.first().is_some_and(Option::is_some),
+            Err(RpcError::NotFound { .. }) => false,
+            Err(e) => return Err(fail("reading the template", e)),
+        };
+        if !done {
+            let started = std::time::Instant::now();
+            match self.client.delete_timeline(&id).await {
+                Ok(()) => tracing::warn!(template = %id, "deleting a half-made template"),
+                Err(RpcError::NotFound { .. }) => {}
+                Err(e) => return Err(fail("deleting a half-made template", e)),
+            }
+            self.client
+                .create_timeline(&id, None)
+                .await
+                .map_err(|e| fail("creating the template", e))?;
+            let dir = TemplateDir(data_dir.join("template"));
+            let _ = remove_dir_if_exists(&dir.0);
+            std::fs::create_dir_all(&dir.0).map_err(ManagerError::io(&dir.0))?;
+            let mut fs = self
+                .mount(
+                    &name,
+                    &id,
+                    &dir.0.join("pgdata"),
+                    &dir.0.join("local"),
+                    &dir.0.join("pagefs.log"),
+                    user,
+                )
+                .await?;
+            let made =
+                crate::postgres::initdb(install, user, &dir.0.join("pgdata"), &dir.0, &name).await;
+            let unmounted = fs.stop(Duration::from_secs(30)).await;
+            made?;
+            if !unmounted.is_some_and(|s| s.success()) {
+                return Err(storage_error(
+                    &name,
+                    "pagefs",
+                    "did not flush the template at unmount",
+                ));
+            }
+            let generation = self
+                .client
+                .acquire(&id)
+                .await
+                .map_err(|e| fail("marking the template", e))?;
+            self.client
+                .write(
+                    &id,
+                    generation,
+                    WriteBatch::new()
+                        .put(Bytes::from_static(TEMPLATE_DONE), Bytes::from_static(b"1")),
+                )
+                .await
+                .map_err(|e| fail("marking the template", e))?;
+            let _ = remove_dir_if_exists(&dir.0);
+            tracing::info!(template = %id, ms = started.elapsed().as_millis() as u64, "template made");
+        }
+        *cached = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Deletes an endpoint's timeline (after the endpoint was deleted). A missing one is fine.
+    pub(crate) async fn delete_timeline(&self, timeline: &str) {
+        let Ok(id) = timeline.parse::<TimelineId>() else {
+            return;
+        };
+        match self.client.delete_timeline(&id).await {
+            Ok(()) | Err(RpcError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(%timeline, error = %e, "could not delete the timeline; it stays as garbage")
+            }
+        }
+    }
+
+    /// Mounts the endpoint's timeline on its PGDATA.
+    pub(crate) async fn mount_endpoint(
+        &self,
+        endpoint: &str,
+        timeline: &str,
+        dir: &EndpointDir,
+        user: &OsUser,
+    ) -> Result<Pagefs, ManagerError> {
+        let id: TimelineId = timeline
+            .parse()
+            .map_err(|e| storage_error(endpoint, "timeline id", e))?;
+        self.mount(
+            endpoint,
+            &id,
+            &dir.pgdata(),
+            &dir.local_dir(),
+            &dir.pagefs_log(),
+            user,
+        )
+        .await
+    }
+
+    async fn mount(
+        &self,
+        endpoint: &str,
+        timeline: &TimelineId,
+        mountpoint: &Path,
+        local_dir: &Path,
+        log_file: &Path,
+        user: &OsUser,
+    ) -> Result<Pagefs, ManagerError> {
+        prepare_mountpoint(mountpoint, local_dir)?;
+        std::fs::create_dir_all(mountpoint).map_err(ManagerError::io(mountpoint))?;
+        let log = private_file(log_file)?;
+        let mut cmd = Command::new(&self.opts.pagefs_bin);
+        cmd.arg("pagefs")
+            .arg("--mountpoint")
+            .arg(mountpoint)
+            .args([
+                "--pageserver",
+                &self.opts.url,
+                "--timeline",
+                timeline.as_str(),
+            ])
+            .arg("--local-dir")
+            .arg(local_dir)
+            .args(["--cache-mib", &self.opts.cache_mib.to_string()])
+            .args([
+                "--uid",
+                &user.uid.to_string(),
+                "--gid",
+                &user.gid.to_string(),
+            ])
+            .arg("--io-timeout")
+            .arg(humantime::format_duration(self.opts.io_timeout).to_string());
+        if let Some(ca) = &self.opts.ca_file {
+            cmd.arg("--pageserver-ca").arg(ca);
+        }
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd
+            .spawn()
+            .map_err(ManagerError::io(&self.opts.pagefs_bin))?;
+        let mut lines = BufReader::new(
+            child
+                .stdout
+                .take()
+                .ok_or_else(|| storage_error(endpoint, "pagefs", "no stdout"))?,
+        )
+        .lines();
+        let ready = timeout(
+            self.opts.io_timeout + Duration::from_secs(10),
+            lines.next_line(),
+        )
+        .await;
+        let generation = match ready {
+            Ok(Ok(Some(line))) => line
+                .strip_prefix("ready ")
+                .and_then(|g| g.trim().parse::<u32>().ok()),
+            _ => None,
+        };
+        let Some(generation) = generation else {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            detach(mountpoint);
+            let _ = remove_dir_if_exists(local_dir);
+            let text = std::fs::read_to_string(log_file).unwrap_or_default();
+            return Err(ManagerError::StartFailed {
+                endpoint: endpoint.to_owned(),
+                reason: "pagefs did not mount".into(),
+                log_tail: crate::postgres::tail_lines(&text, 10),
+            });
+        };
+        // Nothing more is read; stdout is left to pagefs (a closed pipe would kill it).
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tracing::info!(endpoint, %timeline, generation, "pagefs mounted");
+        Ok(Pagefs {
+            child,
+            mountpoint: mountpoint.to_owned(),
+            local_dir: local_dir.to_owned(),
+        })
+    }
+}
+
+/// A throwaway directory for building a template.
+struct TemplateDir(PathBuf);
+
+impl Pagefs {
+    /// The exit status, if pagefs has exited.
+    pub(crate) fn try_exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Unmounts: SIGTERM (pagefs unmounts, flushes, cleans up), then after `grace` SIGKILL
+    /// and a detached unmount. Returns pagefs's exit status if it exited by itself.
+    pub(crate) async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let pid = Pid::from_raw(self.child.id().unwrap_or_default() as i32);
+        let mut status = self.try_exited();
+        if status.is_none() {
+            let _ = kill(pid, Signal::SIGTERM);
+            status = timeout(grace, self.child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        if status.is_none() {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), "pagefs did not stop; killing it");
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+        detach(&self.mountpoint);
+        let _ = remove_dir_if_exists(&self.local_dir);
+        status
+    }
+}
+
+/// Whether something is mounted at `path`.
+pub(crate) fn is_mounted(path: &Path) -> bool {
+    let target = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*target))
+}
+
+/// Detaches a mount at `path` if there is one (`umount -l`: also works on a dead FUSE mount).
+pub(crate) fn detach(path: &Path) {
+    if is_mounted(path) {
+        let ok = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(path)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            tracing::warn!(path = %path.display(), "could not detach a stale mount");
+        }
+    }
+}
+
+/// Removes what an earlier compute may have left: a (dead) mount and its local files. An
+/// orphaned pagefs whose mount is detached flushes and exits by itself.
+pub fn clear_stale(mountpoint: &Path, local_dir: &Path) -> Result<(), ManagerError> {
+    detach(mountpoint);
+    remove_dir_if_exists(local_dir)
+}
+
+/// Clears what an earlier compute left, and sets aside a local PGDATA in the way.
+fn prepare_mountpoint(mountpoint: &Path, local_dir: &Path) -> Result<(), ManagerError> {
+    clear_stale(mountpoint, local_dir)?;
+    // A local PGDATA from before computes ran on the page store is kept, set aside.
+    if mountpoint.join("PG_VERSION").exists() {
+        let aside = mountpoint.with_extension("local-before-pagefs");
+        tracing::warn!(from = %mountpoint.display(), to = %aside.display(),
+            "a local data directory is in the way of the pagefs mount; moving it aside");
+        std::fs::rename(mountpoint, &aside).map_err(ManagerError::io(mountpoint))?;
+    }
+    Ok(())
+}
+
+fn private_file(path: &Path) -> Result<std::fs::File, ManagerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(ManagerError::io(path))
+}

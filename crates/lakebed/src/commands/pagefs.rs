@@ -1,0 +1,59 @@
+//! `lakebed pagefs`: one compute's PGDATA, mounted from the page store.
+//!
+//! The compute manager starts it with the mount's parameters as arguments (none secret),
+//! waits for the line `ready GENERATION` on standard output, and stops it with SIGTERM (or
+//! by unmounting). Logs go to standard error. The process is made non-dumpable first: it
+//! holds the per-boot key and plaintext pages.
+
+use anyhow::{Context, Result};
+use lakebed_pageserver_client::pagefs::{self, MountSpec, Options};
+use lakebed_pageserver_client::{ClientOptions, ClientTls, PageStoreClient};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::PagefsArgs;
+
+/// Mounts, serves until SIGTERM/SIGINT or an unmount, flushes, cleans up.
+pub async fn run(args: PagefsArgs) -> Result<()> {
+    crate::logging::init(lakebed_config::LogFormat::Text, "info");
+    nix::sys::prctl::set_dumpable(false).context("making the process non-dumpable")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+    let timeline = args.timeline.parse().context("--timeline")?;
+    let mut options = ClientOptions::new(args.pageserver);
+    options.total_timeout = args.io_timeout;
+    if let Some(ca) = &args.pageserver_ca {
+        options.tls = Some(ClientTls {
+            ca_pem: std::fs::read(ca)
+                .with_context(|| format!("--pageserver-ca {}", ca.display()))?,
+            domain: None,
+            identity: None,
+        });
+    }
+    let client = PageStoreClient::new(options).context("page store client")?;
+    let spec = MountSpec {
+        mountpoint: args.mountpoint,
+        timeline,
+        local_dir: args.local_dir,
+        cache_bytes: args.cache_mib.saturating_mul(1 << 20),
+        options: Options::new(args.uid, args.gid),
+    };
+    pagefs::serve(
+        client,
+        spec,
+        |generation| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "ready {generation}");
+            let _ = out.flush();
+        },
+        async {
+            tokio::select! {
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}

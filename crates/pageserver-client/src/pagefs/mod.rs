@@ -1,0 +1,227 @@
+//! pagefs: a compute's PGDATA as a FUSE filesystem over its timeline in the page store.
+//!
+//! One pagefs process per compute (`lakebed pagefs`, started by the compute manager), so it
+//! can fail, and be killed in tests, on its own. At mount it acquires the next generation of
+//! the timeline (fencing out any older compute), loads the namespace, makes a fresh per-boot
+//! key and an empty cache; at unmount it flushes, then deletes the cache and the scratch files.
+//! The per-boot key dies with the process, so whatever is left on disk after a crash is
+//! unreadable.
+//!
+//! - [`layout`]: keys and records in the timeline.
+//! - [`fs`]: the state and every operation, durability and fencing.
+//! - [`cache`]: the sealed local cache and scratch files; [`seal`]: the per-boot key.
+//! - [`fuse`]: the FUSE request handlers.
+//!
+//! Why fuser: a maintained pure-Rust FUSE implementation (no libfuse needed when mounting as
+//! root), whose 0.18 handlers take `&self` and run on several threads, and whose replies can be
+//! sent from any thread, which lets a page fetch wait on a tokio task.
+
+pub mod cache;
+pub mod fs;
+pub mod fuse;
+pub mod layout;
+pub mod seal;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use lakebed_pageserver_api::{Generation, TimelineId};
+
+use crate::rpc::{PageStoreClient, RpcError};
+
+pub use fs::{Options, PageFs};
+
+/// Default size of the local cache: 1 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
+
+/// FUSE threads reading requests.
+const FUSE_THREADS: usize = 4;
+
+/// What one mount needs.
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    /// Where to mount (an existing empty directory).
+    pub mountpoint: PathBuf,
+    /// The timeline served.
+    pub timeline: TimelineId,
+    /// The compute's local directory for the cache and scratch files (created, must not
+    /// exist or be empty; removed at unmount).
+    pub local_dir: PathBuf,
+    /// Cache size in bytes.
+    pub cache_bytes: u64,
+    /// Owner, group and flush tuning.
+    pub options: Options,
+}
+
+/// Why a mount failed or ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The page store refused or did not answer (acquire, namespace load).
+    #[error("page store: {0}")]
+    PageStore(#[from] RpcError),
+    /// The local directory, the key or the mount failed.
+    #[error("{what}: {source}")]
+    Local {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The final flush at unmount failed: writes not fsynced before are lost.
+    #[error("final flush to the page store failed")]
+    FinalFlush,
+}
+
+fn local(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MountError {
+    let what = what.into();
+    move |source| MountError::Local { what, source }
+}
+
+/// Creates `dir` (mode 0700), which must not exist or be empty.
+fn fresh_dir(dir: &Path) -> Result<(), MountError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(local(format!("{}", dir.display())))?;
+        if entries.next().is_some() {
+            return Err(MountError::Local {
+                what: format!("{}", dir.display()),
+                source: std::io::Error::other("not empty: a previous compute's files are left"),
+            });
+        }
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(local(format!("create {}", dir.display())))
+}
+
+/// Mounts `spec`, calls `ready` with the acquired generation once the mount is live, and
+/// serves until `stop` resolves (then unmounts) or someone unmounts it. Flushes everything
+/// before returning and deletes the local directory.
+///
+/// # Errors
+///
+/// [`MountError`]; on [`MountError::FinalFlush`] the caller should exit non-zero.
+pub async fn serve(
+    client: PageStoreClient,
+    spec: MountSpec,
+    ready: impl FnOnce(Generation),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), MountError> {
+    let generation = client.acquire(&spec.timeline).await?;
+    fresh_dir(&spec.local_dir)?;
+    let result = serve_in(client, &spec, generation, ready, stop).await;
+    if let Err(e) = std::fs::remove_dir_all(&spec.local_dir) {
+        tracing::warn!(dir = %spec.local_dir.display(), error = %e, "could not remove the local directory");
+    }
+    result
+}
+
+async fn serve_in(
+    client: PageStoreClient,
+    spec: &MountSpec,
+    generation: Generation,
+    ready: impl FnOnce(Generation),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), MountError> {
+    let key = Arc::new(
+        seal::BootKey::generate()
+            .map_err(|_| local("per-boot key")(std::io::Error::other("no randomness")))?,
+    );
+    let scratch_dir = spec.local_dir.join("scratch");
+    fresh_dir(&scratch_dir)?;
+    let cache = cache::Cache::create(&spec.local_dir.join("cache"), spec.cache_bytes, key.clone())
+        .map_err(local("create the cache file"))?;
+    let scratch = cache::Scratch::new(&scratch_dir, key);
+    let fs = Arc::new(
+        PageFs::load(
+            client,
+            spec.timeline.clone(),
+            generation,
+            spec.options.clone(),
+            cache,
+            scratch,
+        )
+        .await?,
+    );
+    let flusher = tokio::spawn(fs::flusher(fs.clone()));
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("pagefs".into()),
+        MountOption::Subtype("lakebed".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoAtime,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+    let handler = fuse::Fuse::new(fs.clone(), tokio::runtime::Handle::current());
+    let mountpoint = spec.mountpoint.clone();
+    let mut session =
+        tokio::task::spawn_blocking(move || Session::new(handler, &mountpoint, &config))
+            .await
+            .map_err(|e| local("mount")(std::io::Error::other(e)))?
+            .map_err(local(format!("mount {}", spec.mountpoint.display())))?;
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pagefs-session".into())
+        .spawn(move || {
+            let _ = done_tx.send(session.run());
+        })
+        .map_err(local("start the FUSE threads"))?;
+    tracing::info!(mountpoint = %spec.mountpoint.display(), %generation, "mounted");
+    ready(generation);
+
+    tokio::pin!(done_rx);
+    let ended = tokio::select! {
+        () = stop => None,
+        r = &mut done_rx => Some(r),
+    };
+    let ended = match ended {
+        Some(r) => r,
+        None => {
+            tracing::info!("unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!(error = %e, "unmount failed; detaching");
+                let _ = nix_umount_detach(&spec.mountpoint);
+            }
+            done_rx.await
+        }
+    };
+    if let Ok(Err(e)) = ended {
+        tracing::warn!(error = %e, "FUSE session ended with an error");
+    }
+    flusher.abort();
+    // The handler flushed at destroy; this one reports whether anything is left.
+    fs.flush().await.map_err(|_| MountError::FinalFlush)?;
+    let stats = &fs.cache().stats;
+    tracing::info!(
+        hits = stats.hits.load(std::sync::atomic::Ordering::Relaxed),
+        misses = stats.misses.load(std::sync::atomic::Ordering::Relaxed),
+        evictions = stats.evictions.load(std::sync::atomic::Ordering::Relaxed),
+        "unmounted"
+    );
+    Ok(())
+}
+
+/// `umount -l`: detaches a mount that a normal unmount could not remove.
+fn nix_umount_detach(path: &Path) -> std::io::Result<()> {
+    let status = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "umount -l exited with {status}"
+        )))
+    }
+}
