@@ -1,0 +1,232 @@
+//! Computes on the page store, through `lakebed up` and real clients: nothing of an endpoint
+//! stays on the compute's disk, what a suspended compute wrote is there on a fresh directory
+//! with an empty cache, and kill -9 of Postgres or of pagefs at any moment loses no
+//! acknowledged commit.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lakebed_tests::stack::Stack;
+use lakebed_tests::{DEADLINE, POLL_INTERVAL};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::time::timeout;
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every regular file under `dir` (none if it does not exist).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn endpoint_dir(stack: &Stack, endpoint: &str) -> PathBuf {
+    stack.dir.path().join("endpoints").join(endpoint)
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let target = path.canonicalize().unwrap_or(path.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*target.to_string_lossy()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_survive_a_suspend_and_nothing_readable_stays_on_the_compute() {
+    let stack = Stack::start().await;
+    let marker = "MARKER-c0ffee-4d2b-row-text";
+    let client = stack.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE ledger (id int PRIMARY KEY, note text);
+             INSERT INTO ledger SELECT g, '{marker}' FROM generate_series(1, 5000) g;"
+        ))
+        .await
+        .unwrap();
+    // The commit's WAL went through pagefs (and its cache, once flushed).
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM ledger WHERE note = $1", &[&marker])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5000);
+
+    let ep = endpoint_dir(&stack, "main");
+    assert!(is_mounted(&ep.join("pgdata")), "PGDATA is a pagefs mount");
+    let local = files_under(&ep.join("local"));
+    assert!(
+        local.iter().any(|p| p.ends_with("cache")),
+        "a cache file: {local:?}"
+    );
+    // Everything of the endpoint on the compute's own disk (the mount is the page store's).
+    for path in local.iter().chain(files_under(&ep.join("run")).iter()) {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(
+            !contains(&bytes, marker.as_bytes()),
+            "plaintext row in {}",
+            path.display()
+        );
+    }
+    drop(client);
+
+    stack.suspend("main").await;
+    assert!(!is_mounted(&ep.join("pgdata")), "unmounted at suspend");
+    assert!(
+        !ep.join("local").exists(),
+        "cache and scratch files deleted"
+    );
+    assert_eq!(std::fs::read_dir(ep.join("pgdata")).unwrap().count(), 0);
+
+    // A fresh directory, an empty cache: every row is there.
+    let client = stack.client().await;
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM ledger WHERE note = $1", &[&marker])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5000);
+}
+
+/// The pid of the pagefs serving `mountpoint`.
+fn pagefs_pid(mountpoint: &Path) -> Option<i32> {
+    let want = mountpoint.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let serves =
+            args.iter().any(|a| *a == b"pagefs") && args.iter().any(|a| *a == want.as_bytes());
+        serves.then_some(pid)
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Postgres,
+    Pagefs,
+}
+
+/// Several clients insert numbered rows, each recording what was acknowledged; after a
+/// varying number of acknowledgements the victim is killed with SIGKILL. After each kill the
+/// endpoint is woken again and every acknowledged row must be there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_postgres_or_pagefs_loses_no_acknowledged_commit() {
+    let stack = Stack::start().await;
+    stack
+        .client()
+        .await
+        .batch_execute("CREATE TABLE ledger (client int, n int, PRIMARY KEY (client, n))")
+        .await
+        .unwrap();
+    let ep = endpoint_dir(&stack, "main");
+    let acknowledged: Arc<Mutex<Vec<(i32, i32)>>> = Arc::default();
+    let mut next = [0i32; 4];
+    for (round, (victim, after)) in [
+        (Victim::Postgres, 37),
+        (Victim::Pagefs, 23),
+        (Victim::Postgres, 61),
+        (Victim::Pagefs, 45),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let clients = futures_like_join(&stack, &acknowledged, &mut next).await;
+        // Wait for `after` more acknowledgements, then kill.
+        let start = acknowledged.lock().unwrap().len();
+        timeout(DEADLINE, async {
+            while acknowledged.lock().unwrap().len() < start + after {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the workload made no progress"));
+        let pid = match victim {
+            Victim::Postgres => stack.show("main").await["compute"]["pid"].as_i64().unwrap() as i32,
+            Victim::Pagefs => pagefs_pid(&ep.join("pgdata").canonicalize().unwrap())
+                .unwrap_or_else(|| panic!("round {round}: no pagefs process")),
+        };
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        for c in clients {
+            let _ = timeout(DEADLINE, c).await;
+        }
+        // The manager notices, cleans up; a new connection wakes a fresh compute, which runs
+        // crash recovery from the page store.
+        let rows: Vec<(i32, i32)> = timeout(DEADLINE, async {
+            loop {
+                if let Ok(w) = stack.watched(&stack.config("postgres")).await
+                    && let Ok(rows) = w.client.query("SELECT client, n FROM ledger", &[]).await
+                {
+                    return rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round} ({victim:?}): the endpoint did not come back"));
+        let present: std::collections::HashSet<_> = rows.into_iter().collect();
+        let acked = acknowledged.lock().unwrap().clone();
+        let lost: Vec<_> = acked.iter().filter(|r| !present.contains(r)).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round} ({victim:?}): {} of {} acknowledged rows lost, e.g. {:?}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)]
+        );
+        for (c, n) in next.iter_mut().enumerate() {
+            *n = present
+                .iter()
+                .filter(|r| r.0 == c as i32)
+                .map(|r| r.1 + 1)
+                .max()
+                .unwrap_or(0);
+        }
+    }
+}
+
+/// Starts 4 inserting clients (numbering on from `next`); each runs until its connection
+/// breaks, recording every committed row.
+async fn futures_like_join(
+    stack: &Stack,
+    acknowledged: &Arc<Mutex<Vec<(i32, i32)>>>,
+    next: &mut [i32; 4],
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = Vec::new();
+    for (c, start) in next.iter().enumerate() {
+        let w = stack.watched(&stack.config("postgres")).await.unwrap();
+        let acknowledged = acknowledged.clone();
+        let start = *start;
+        handles.push(tokio::spawn(async move {
+            let client = w.client;
+            for n in start.. {
+                let ok = client
+                    .execute("INSERT INTO ledger VALUES ($1, $2)", &[&(c as i32), &n])
+                    .await;
+                match ok {
+                    Ok(1) => acknowledged.lock().unwrap().push((c as i32, n)),
+                    _ => return,
+                }
+            }
+        }));
+    }
+    handles
+}
