@@ -8,6 +8,7 @@ start_lakebed() {
   chmod 0711 "$BENCH_DIR"
   # shellcheck disable=SC2086 # NAME=VALUE words
   env LAKEBED_MANAGER__LISTEN=127.0.0.1:0 LAKEBED_PROXY__LISTEN=127.0.0.1:0 LAKEBED_PROXY__API_LISTEN=127.0.0.1:0 \
+  LAKEBED_PAGESERVER__LISTEN=127.0.0.1:0 \
   LAKEBED_ENDPOINTS__MAIN__SUSPEND_TIMEOUT=never RUST_LOG=warn ${LAKEBED_EXTRA_ENV:-} \
     "$ROOT/target/release/lakebed" up --data-dir "$BENCH_DIR/data" >"$BENCH_DIR/up.out" 2>"$BENCH_DIR/up.err" &
   LAKEBED_PID=$!

@@ -43,7 +43,19 @@ pub async fn reconcile(
             continue;
         };
         let dir = EndpointDir::new(data_dir, &name);
-        if let Some(pid) = live_postmaster(&dir.pgdata()) {
+        if crate::storage::is_mounted(&dir.pgdata()) {
+            // On pagefs: everything acknowledged is in the page store, and the orphaned
+            // pagefs may not reach it any more (a page store embedded in the dead manager),
+            // so a graceful shutdown could hang on its fsyncs. Kill both; the next wake runs
+            // crash recovery on a fresh mount with a newer generation.
+            for pid in processes_with_arg(&dir.pgdata()) {
+                tracing::warn!(endpoint = %name, pid, "killing a compute process left by a previous manager");
+                // Each leads its own process group (backends are in the postmaster's).
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                stopped += 1;
+            }
+        } else if let Some(pid) = live_postmaster(&dir.pgdata()) {
             tracing::warn!(endpoint = %name, pid, "stopping a compute left by a previous manager");
             stop_orphan(pid, grace).await;
             stopped += 1;
@@ -76,6 +88,23 @@ fn live_postmaster(pgdata: &Path) -> Option<i32> {
     String::from_utf8_lossy(&cmdline)
         .contains("postgres")
         .then_some(pid)
+}
+
+/// Pids of processes with `path` as one of their arguments: the postgres processes
+/// (`-D path`) and the pagefs (`--mountpoint path`) of one compute.
+fn processes_with_arg(path: &Path) -> Vec<i32> {
+    let want = path.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmdline.split(|&b| b == 0).any(|a| a == want).then_some(pid)
+        })
+        .collect()
 }
 
 /// Stops a postmaster that is not our child: we cannot wait() for it, so we watch /proc.

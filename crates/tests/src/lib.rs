@@ -62,7 +62,8 @@ pub fn checks_past_timeout() -> u64 {
 }
 
 /// A temporary Lakebed data directory. Dropping it kills (SIGKILL) every postgres process
-/// whose `-D` is under it, then removes it.
+/// whose `-D` is under it and every pagefs mounted under it, detaches their mounts, then
+/// removes it.
 pub struct DataDir {
     path: PathBuf,
     _dir: tempfile::TempDir,
@@ -105,6 +106,21 @@ impl Drop for DataDir {
             // Postmasters lead their own process group: take their children with them.
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        for (pid, argv) in processes() {
+            let pagefs_here = argv.iter().any(|a| a == "pagefs")
+                && argv
+                    .windows(2)
+                    .any(|w| w[0] == "--mountpoint" && Path::new(&w[1]).starts_with(&self.path));
+            if pagefs_here {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for target in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+            if Path::new(target).starts_with(&self.path) {
+                detach(Path::new(target));
+            }
         }
     }
 }

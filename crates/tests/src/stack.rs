@@ -92,6 +92,32 @@ impl Stack {
         (state, boots)
     }
 
+    /// Edits the PGDATA of suspended `endpoint` in the page store: mounts its timeline with
+    /// a pagefs of the test's own, runs `edit` on the mount point, and unmounts (flushing).
+    pub async fn edit_pgdata(&self, endpoint: &str, edit: impl FnOnce(&std::path::Path)) {
+        let log = self.up.log_text();
+        let addr = log
+            .split("page store ready addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no page store address in the log:\n{log}"));
+        let timeline = self.show(endpoint).await["timeline"]
+            .as_str()
+            .expect("the endpoint's timeline")
+            .to_owned();
+        let mut fs = crate::PagefsProcess::start(
+            self.dir.path(),
+            &format!("edit-{endpoint}"),
+            &format!("http://{addr}"),
+            &timeline,
+            &[],
+        )
+        .await;
+        edit(&fs.mountpoint);
+        let status = fs.stop(nix::sys::signal::Signal::SIGTERM).await;
+        assert!(status.success(), "pagefs of the edit: {status}");
+    }
+
     /// `lakebed endpoint wake NAME`: the compute's address (panics if it printed none).
     pub async fn wake(&self, endpoint: &str) -> SocketAddr {
         let out = self.cli(&["endpoint", "wake", endpoint]).await;

@@ -158,16 +158,19 @@ async fn compute_with_tls_accepts_only_clients_with_a_certificate_from_its_ca() 
         .expect("a generated password");
     let address = manager.wake(&ep).await.expect("wake").address;
 
-    // The files are in PGDATA, private to the compute's OS user.
+    // The files are in the compute's local run directory (never in PGDATA, which lives in
+    // the page store), private to the compute's OS user.
     let pgdata = dir.pgdata("main");
+    let run = pgdata.with_file_name("run");
     let compute_uid = std::fs::metadata(&pgdata).expect("PGDATA").uid();
     for name in ["lakebed-ca.pem", "lakebed-server.pem", "lakebed-server.key"] {
-        let meta = std::fs::metadata(pgdata.join(name)).expect("TLS file in PGDATA");
+        let meta = std::fs::metadata(run.join(name)).expect("TLS file in the run directory");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
         assert_eq!(meta.uid(), compute_uid, "{name}");
+        assert!(!pgdata.join(name).exists(), "{name} must not be in PGDATA");
     }
     assert_eq!(
-        std::fs::read(pgdata.join("lakebed-server.key")).expect("key copy"),
+        std::fs::read(run.join("lakebed-server.key")).expect("key copy"),
         server.key_pem.as_bytes()
     );
 

@@ -79,7 +79,9 @@ async fn restart_after_sigkill_keeps_catalog_and_stops_orphaned_postmaster() {
         .expect("write a row");
     drop(client);
 
+    let mut first = first;
     first.signal(Signal::SIGKILL);
+    first.wait().await;
     drop(first);
     assert!(
         process_alive(old_pid),

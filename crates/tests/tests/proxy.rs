@@ -472,10 +472,13 @@ async fn failed_logins_are_rate_limited_per_endpoint_and_an_unstartable_compute_
     .ok();
     s.wake("broken").await;
     s.suspend("broken").await;
-    let conf = s.dir.pgdata("broken").join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
-    text.push_str("this is not a setting\n");
-    std::fs::write(&conf, text).expect("break postgresql.conf");
+    s.edit_pgdata("broken", |pgdata| {
+        let conf = pgdata.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str("this is not a setting\n");
+        std::fs::write(&conf, text).expect("break postgresql.conf");
+    })
+    .await;
     let mut broken = s.postgres_config("r", "r-password");
     broken.options("endpoint=broken");
     let err = connect_plain(&broken)

@@ -230,3 +230,45 @@ async fn futures_like_join(
     }
     handles
 }
+
+/// The page store goes away for 2 s while a transaction commits (its WAL fsync waits): the
+/// commit completes once the page store is back, and the row is there after a suspend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_waits_out_a_two_second_page_store_outage() {
+    use lakebed_tests::{DataDir, LakebedUp, PageServerProcess};
+    let ps_dir = DataDir::new();
+    let server = PageServerProcess::start(ps_dir.path(), "127.0.0.1:0", &[]).await;
+    let addr = server.addr.to_string();
+    let url = server.url();
+    let dir = DataDir::new();
+    let up = LakebedUp::start_with(&dir, &[("LAKEBED_COMPUTE__PAGESERVER_URL", &url)]).await;
+    let stack = Stack::of(up, dir);
+    let client = stack.client().await;
+    client
+        .batch_execute("CREATE TABLE t (n int)")
+        .await
+        .unwrap();
+
+    server.stop(Signal::SIGKILL).await;
+    let commit =
+        tokio::spawn(async move { client.execute("INSERT INTO t VALUES (42)", &[]).await });
+    // The outage is the fault under test; its length is the point.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !commit.is_finished(),
+        "the commit returned while the page store was down"
+    );
+    let _server = PageServerProcess::start(ps_dir.path(), &addr, &[]).await;
+    let inserted = timeout(DEADLINE, commit).await.unwrap().unwrap().unwrap();
+    assert_eq!(inserted, 1);
+
+    stack.suspend("main").await;
+    let n: i32 = stack
+        .client()
+        .await
+        .query_one("SELECT n FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 42);
+}
