@@ -53,6 +53,11 @@ pub enum Command {
         /// PEM private key of --tls-cert (default: pageserver.tls_key).
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Address to serve `GET /metrics` on (default: pageserver.metrics_listen, none);
+        /// port 0 picks a free port. Prints `pageserver metrics on ADDR` before the line
+        /// above.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// One screen: every endpoint's state, last cold start, clients, pooled servers.
     Status,
