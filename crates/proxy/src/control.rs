@@ -1,5 +1,6 @@
 //! The proxy's client for the compute manager's HTTP API: role secrets (cached briefly)
-//! and wakes. The proxy holds the admin bearer token.
+//! and wakes. The proxy holds the admin bearer token. Requests carry the W3C `traceparent`
+//! of the current span, so the manager's spans join the client connection's trace.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use lakebed_config::{EndpointName, PoolMode, RoleName};
 use reqwest::StatusCode;
 use serde::Deserialize;
+use tracing::{Instrument, field};
 
 use crate::error::ProxyError;
 use crate::scram::ScramSecret;
@@ -61,6 +63,9 @@ struct SecretAnswer {
 #[derive(Deserialize)]
 struct WakeAnswer {
     address: SocketAddr,
+    /// Set when this wake started the compute (a cold start).
+    #[serde(default)]
+    cold_start_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -88,6 +93,17 @@ impl ControlPlane {
         format!("{}{path}", self.opts.base_url.trim_end_matches('/'))
     }
 
+    /// Adds the current span's trace context to `request`, if it is traced.
+    fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let mut headers = reqwest::header::HeaderMap::new();
+        lakebed_telemetry::inject(&tracing::Span::current(), |name, value| {
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        });
+        request.headers(headers)
+    }
+
     /// The SCRAM secret of `role` on `endpoint`; `Ok(None)` if either does not exist.
     /// Found secrets are cached for the configured TTL; absences are not, so a role
     /// created a moment ago can log in at once.
@@ -106,9 +122,10 @@ impl ControlPlane {
         {
             return Ok(Some(auth.clone()));
         }
-        let resp = self
-            .http
-            .get(self.url(&format!("/v1/endpoints/{endpoint}/roles/{role}/secret")))
+        let resp = Self::traced(
+            self.http
+                .get(self.url(&format!("/v1/endpoints/{endpoint}/roles/{role}/secret"))),
+        )
             .bearer_auth(&self.opts.token)
             .timeout(Duration::from_secs(10))
             .send()
@@ -146,6 +163,8 @@ impl ControlPlane {
     }
 
     /// Wakes the endpoint and returns its compute's address, waiting at most `timeout`.
+    /// Traced as a `wake` span whose `cold` field says whether this wake started the
+    /// compute; the manager's spans of the wake are its children.
     ///
     /// # Errors
     ///
@@ -156,9 +175,19 @@ impl ControlPlane {
         endpoint: &EndpointName,
         timeout: Duration,
     ) -> Result<SocketAddr, ProxyError> {
-        let resp = self
-            .http
-            .post(self.url(&format!("/v1/endpoints/{endpoint}/wake")))
+        let span = tracing::info_span!("wake", cold = field::Empty);
+        self.wake_in_span(endpoint, timeout).instrument(span).await
+    }
+
+    async fn wake_in_span(
+        &self,
+        endpoint: &EndpointName,
+        timeout: Duration,
+    ) -> Result<SocketAddr, ProxyError> {
+        let resp = Self::traced(
+            self.http
+                .post(self.url(&format!("/v1/endpoints/{endpoint}/wake"))),
+        )
             .bearer_auth(&self.opts.token)
             .timeout(timeout)
             .send()
@@ -179,6 +208,7 @@ impl ControlPlane {
                 .json()
                 .await
                 .map_err(|e| ProxyError::ControlPlane(format!("wake: {e}")))?;
+            tracing::Span::current().record("cold", answer.cold_start_ms.is_some());
             return Ok(answer.address);
         }
         let body: Option<ErrorAnswer> = resp.json().await.ok();
