@@ -79,6 +79,11 @@ impl Tracing {
     /// Lakebed's own spans and events at `INFO` and above (targets `lakebed*`), whatever
     /// `RUST_LOG` says, so a quiet log does not thin out traces and dependencies' internals
     /// (HTTP/2, the exporter itself) never become spans.
+    ///
+    /// Entering and leaving a span costs it nothing: no busy/idle timing and no OpenTelemetry
+    /// context switch per poll (children find their parent through `tracing`'s current span,
+    /// and [`crate::inject`] reads a span's context directly). That matters for `session`,
+    /// which is entered at every poll of a client's relay.
     pub fn layer<S>(&self) -> Option<impl Layer<S> + Send + Sync + 'static>
     where
         S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
@@ -91,6 +96,9 @@ impl Tracing {
         Some(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
+                .with_threads(false)
                 .with_filter(ours),
         )
     }

@@ -137,7 +137,10 @@ mod tests {
         inject(&client, |k, v| {
             headers.insert(k, v);
         });
-        let parent = headers.get(TRACEPARENT).expect("a traceparent header").clone();
+        let parent = headers
+            .get(TRACEPARENT)
+            .expect("a traceparent header")
+            .clone();
         let trace = trace_id(&client).expect("the client span is traced");
         // version-traceid-spanid-flags
         let parts: Vec<&str> = parent.split('-').collect();
