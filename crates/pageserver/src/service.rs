@@ -143,9 +143,7 @@ fn to_status(error: StoreError) -> Status {
 /// trace context, and returns it.
 fn continued<T>(span: Span, request: &Request<T>) -> Span {
     let metadata = request.metadata();
-    lakebed_telemetry::set_parent(&span, |key| {
-        metadata.get(key).and_then(|v| v.to_str().ok())
-    });
+    lakebed_telemetry::set_parent(&span, |key| metadata.get(key).and_then(|v| v.to_str().ok()));
     span
 }
 
@@ -197,7 +195,8 @@ impl PageStore for PageStoreService {
         &self,
         request: Request<CreateTimelineRequest>,
     ) -> Result<Response<CreateTimelineResponse>, Status> {
-        let span = tracing::info_span!("pagestore.create_timeline", timeline = %request.get_ref().id);
+        let span =
+            tracing::info_span!("pagestore.create_timeline", timeline = %request.get_ref().id);
         let span = continued(span, &request);
         observe("create_timeline", span, async move {
             let req = request.into_inner();
@@ -221,7 +220,8 @@ impl PageStore for PageStoreService {
         &self,
         request: Request<DeleteTimelineRequest>,
     ) -> Result<Response<DeleteTimelineResponse>, Status> {
-        let span = tracing::info_span!("pagestore.delete_timeline", timeline = %request.get_ref().id);
+        let span =
+            tracing::info_span!("pagestore.delete_timeline", timeline = %request.get_ref().id);
         let span = continued(span, &request);
         observe("delete_timeline", span, async move {
             let id = timeline_id(&request.get_ref().id)?;
@@ -236,7 +236,8 @@ impl PageStore for PageStoreService {
         &self,
         request: Request<DescribeTimelineRequest>,
     ) -> Result<Response<DescribeTimelineResponse>, Status> {
-        let span = tracing::info_span!("pagestore.describe_timeline", timeline = %request.get_ref().id);
+        let span =
+            tracing::info_span!("pagestore.describe_timeline", timeline = %request.get_ref().id);
         let span = continued(span, &request);
         observe("describe_timeline", span, async move {
             let id = timeline_id(&request.get_ref().id)?;

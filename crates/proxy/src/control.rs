@@ -126,11 +126,11 @@ impl ControlPlane {
             self.http
                 .get(self.url(&format!("/v1/endpoints/{endpoint}/roles/{role}/secret"))),
         )
-            .bearer_auth(&self.opts.token)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| ProxyError::ControlPlane(e.to_string()))?;
+        .bearer_auth(&self.opts.token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| ProxyError::ControlPlane(e.to_string()))?;
         match resp.status() {
             StatusCode::NOT_FOUND => return Ok(None),
             s if !s.is_success() => {
@@ -188,20 +188,20 @@ impl ControlPlane {
             self.http
                 .post(self.url(&format!("/v1/endpoints/{endpoint}/wake"))),
         )
-            .bearer_auth(&self.opts.token)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    ProxyError::WakeFailed {
-                        endpoint: endpoint.to_string(),
-                        reason: format!("compute not ready after {}s", timeout.as_secs()),
-                    }
-                } else {
-                    ProxyError::ControlPlane(e.to_string())
+        .bearer_auth(&self.opts.token)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                ProxyError::WakeFailed {
+                    endpoint: endpoint.to_string(),
+                    reason: format!("compute not ready after {}s", timeout.as_secs()),
                 }
-            })?;
+            } else {
+                ProxyError::ControlPlane(e.to_string())
+            }
+        })?;
         let status = resp.status();
         if status.is_success() {
             let answer: WakeAnswer = resp

@@ -6,9 +6,9 @@
 //! manager's autosuspend monitor uses to ignore idle pooled connections: an endpoint whose
 //! clients are all idle in transaction pooling can be suspended.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
