@@ -182,6 +182,55 @@ async fn without_an_otlp_endpoint_nothing_is_exported_and_connections_work() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_queued_at_sigterm_are_sent_before_lakebed_up_exits() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    // A batch delay far longer than the test: only the shutdown flush can send the spans.
+    let mut s = Stack::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+    ])
+    .await;
+    let client = s.client().await;
+    client.simple_query("SELECT 1").await.expect("query");
+    drop(client);
+    // The connection's spans end once the proxy has seen the client go; stopping the proxy
+    // waits for no client, so wait for that first (the active-connections gauge).
+    let metrics = format!("{}/metrics", s.up.api_url);
+    let deadline = tokio::time::Instant::now() + lakebed_tests::DEADLINE;
+    loop {
+        let (now, _) = scrape(&metrics).await;
+        if get(&now, "lakebed_proxy_connections_accepted_total", &[]) == 1.0
+            && get(&now, "lakebed_proxy_connections_active", &[]) == 0.0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy never saw the client go"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        receiver.requests(),
+        0,
+        "nothing is sent before the batch delay"
+    );
+
+    s.up.signal(Signal::SIGTERM);
+    let status = s.up.wait().await;
+    assert!(status.success(), "lakebed up exits cleanly: {status:?}");
+    let spans = receiver.spans();
+    let conn = one(&spans, "conn", &[("ep", "main")]);
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "session" && s.parent_span_id == conn.span_id),
+        "the whole connection arrived: {spans:#?}"
+    );
+}
+
 /// Samples by (metric name, sorted labels): counters, gauges and untyped (a histogram's
 /// `_count` and `_sum`).
 type Samples = HashMap<(String, Vec<(String, String)>), f64>;
