@@ -93,17 +93,6 @@ impl ControlPlane {
         format!("{}{path}", self.opts.base_url.trim_end_matches('/'))
     }
 
-    /// Adds the current span's trace context to `request`, if it is traced.
-    fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let mut headers = reqwest::header::HeaderMap::new();
-        lakebed_telemetry::inject(&tracing::Span::current(), |name, value| {
-            if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
-                headers.insert(name, value);
-            }
-        });
-        request.headers(headers)
-    }
-
     /// The SCRAM secret of `role` on `endpoint`; `Ok(None)` if either does not exist.
     /// Found secrets are cached for the configured TTL; absences are not, so a role
     /// created a moment ago can log in at once.
@@ -122,15 +111,15 @@ impl ControlPlane {
         {
             return Ok(Some(auth.clone()));
         }
-        let resp = Self::traced(
-            self.http
-                .get(self.url(&format!("/v1/endpoints/{endpoint}/roles/{role}/secret"))),
-        )
-        .bearer_auth(&self.opts.token)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|e| ProxyError::ControlPlane(e.to_string()))?;
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/endpoints/{endpoint}/roles/{role}/secret")))
+            .headers(trace_headers())
+            .bearer_auth(&self.opts.token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| ProxyError::ControlPlane(e.to_string()))?;
         match resp.status() {
             StatusCode::NOT_FOUND => return Ok(None),
             s if !s.is_success() => {
@@ -184,24 +173,24 @@ impl ControlPlane {
         endpoint: &EndpointName,
         timeout: Duration,
     ) -> Result<SocketAddr, ProxyError> {
-        let resp = Self::traced(
-            self.http
-                .post(self.url(&format!("/v1/endpoints/{endpoint}/wake"))),
-        )
-        .bearer_auth(&self.opts.token)
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                ProxyError::WakeFailed {
-                    endpoint: endpoint.to_string(),
-                    reason: format!("compute not ready after {}s", timeout.as_secs()),
+        let resp = self
+            .http
+            .post(self.url(&format!("/v1/endpoints/{endpoint}/wake")))
+            .headers(trace_headers())
+            .bearer_auth(&self.opts.token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    ProxyError::WakeFailed {
+                        endpoint: endpoint.to_string(),
+                        reason: format!("compute not ready after {}s", timeout.as_secs()),
+                    }
+                } else {
+                    ProxyError::ControlPlane(e.to_string())
                 }
-            } else {
-                ProxyError::ControlPlane(e.to_string())
-            }
-        })?;
+            })?;
         let status = resp.status();
         if status.is_success() {
             let answer: WakeAnswer = resp
@@ -224,4 +213,16 @@ impl ControlPlane {
             _ => Err(ProxyError::ControlPlane(format!("wake: HTTP {status}"))),
         }
     }
+}
+
+/// The current span's trace-context headers (none if it is not traced), so the manager's
+/// spans join the caller's trace.
+fn trace_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    lakebed_telemetry::inject(&tracing::Span::current(), |name, value| {
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    });
+    headers
 }
