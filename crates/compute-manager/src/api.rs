@@ -23,6 +23,10 @@
 //!
 //! A `password` appears in an answer only when the manager generated it; it is shown that
 //! once and stored nowhere (the catalog keeps the SCRAM verifier).
+//!
+//! A wake runs in a `wake` span (field `cold`) that continues the caller's trace when the
+//! request carries a W3C `traceparent` header (the proxy sends one), so the boot steps'
+//! spans are part of the client connection's trace.
 
 use std::sync::Arc;
 
@@ -38,6 +42,7 @@ use lakebed_config::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::manager::{EndpointView, RoleView, WakeOutcome};
 use crate::verifier::Verifier;
@@ -313,8 +318,19 @@ async fn delete_endpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn wake(State(s): State<AppState>, Path(ep): Path<String>) -> ApiResult<Json<WakeOutcome>> {
-    Ok(Json(s.manager.wake(&endpoint_name(&ep)?).await?))
+async fn wake(
+    State(s): State<AppState>,
+    Path(ep): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<WakeOutcome>> {
+    let span = tracing::info_span!("wake", endpoint = %ep, cold = tracing::field::Empty);
+    lakebed_telemetry::set_parent(&span, |name| {
+        headers.get(name).and_then(|v| v.to_str().ok())
+    });
+    let name = endpoint_name(&ep)?;
+    let woken = s.manager.wake(&name).instrument(span.clone()).await?;
+    span.record("cold", woken.cold_start_ms.is_some());
+    Ok(Json(woken))
 }
 
 async fn suspend(

@@ -17,7 +17,9 @@
 //! - [`reconcile`]: what a restarted manager does with computes a crashed one left behind.
 //! - [`api`]: the axum HTTP API with bearer-token auth and JSON errors.
 //!
-//! Dependencies point one way: this crate uses `lakebed-config` and nothing else of Lakebed.
+//! Dependencies point one way: this crate uses `lakebed-config`, and `lakebed-telemetry` to
+//! continue a caller's trace (OpenTelemetry, the vendor-neutral standard: see there), and
+//! nothing else of Lakebed.
 
 pub mod activity;
 pub mod api;

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span};
 
 use crate::ManagerError;
 use crate::catalog::{BootRecord, Catalog, EndpointRecord};
@@ -651,6 +652,10 @@ impl Manager {
     }
 
     /// Starts a compute for `endpoint`. On error nothing keeps running.
+    ///
+    /// Each boot step runs in a span named after it (`timeline`, `mount`, or `initdb` for a
+    /// local PGDATA, then `postgres_start`, `apply_roles`), children of the API's `wake` span: a new step gets its span with one
+    /// `.instrument(info_span!("step"))` on its future.
     async fn boot(&self, endpoint: &EndpointRecord, slot: &Slot) -> Result<Running, ManagerError> {
         let inner = &self.inner;
         let dir = EndpointDir::new(&inner.opts.data_dir, &endpoint.name);
@@ -665,6 +670,7 @@ impl Manager {
                         &inner.user,
                         &inner.opts.data_dir,
                     )
+                    .instrument(info_span!("timeline"))
                     .await?;
                 Some(
                     storage
@@ -674,12 +680,14 @@ impl Manager {
                             &dir,
                             &inner.user,
                         )
+                        .instrument(info_span!("mount"))
                         .await?,
                 )
             }
             None => {
                 if !dir.is_initialized() {
                     dir.initdb(&inner.install, &inner.user, &endpoint.name)
+                        .instrument(info_span!("initdb"))
                         .await?;
                 }
                 None
@@ -725,8 +733,16 @@ impl Manager {
             )
             .map_err(ManagerError::io(inner.install.bin("postgres")))?;
             slot.publish(ComputeState::Starting, Some(&pm), None);
-            match pm.wait_ready(inner.opts.compute.start_timeout.get()).await {
-                Ok(client) => match self.prepare(&client, endpoint).await {
+            match pm
+                .wait_ready(inner.opts.compute.start_timeout.get())
+                .instrument(info_span!("postgres_start", port))
+                .await
+            {
+                Ok(client) => match self
+                    .prepare(&client, endpoint)
+                    .instrument(info_span!("apply_roles"))
+                    .await
+                {
                     Ok(()) => {
                         return Ok(Running {
                             postmaster: pm,
@@ -923,11 +939,13 @@ impl Manager {
 async fn spawn_owned<T: Send + 'static>(
     fut: impl std::future::Future<Output = Result<T, ManagerError>> + Send + 'static,
 ) -> Result<T, ManagerError> {
-    tokio::spawn(fut).await.unwrap_or_else(|e| {
-        Err(ManagerError::InvalidInput(format!(
-            "internal task failed: {e}"
-        )))
-    })
+    tokio::spawn(fut.in_current_span())
+        .await
+        .unwrap_or_else(|e| {
+            Err(ManagerError::InvalidInput(format!(
+                "internal task failed: {e}"
+            )))
+        })
 }
 
 fn with_password(verifier: Option<Verifier>) -> (Verifier, Option<String>) {

@@ -119,6 +119,7 @@ impl std::error::Error for ConfigError {}
 /// [pageserver]
 /// listen = "127.0.0.1:6434"
 /// data_dir = "/var/lib/lakebed/pages"
+/// metrics_listen = "127.0.0.1:6435"
 ///
 /// [endpoints.main]
 /// suspend_timeout = "10m"
@@ -357,16 +358,24 @@ pub struct PageServerConfig {
     /// PEM private key for `tls_cert`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Where `lakebed pageserver` serves `GET /metrics` (Prometheus text, no token), `ip:port`.
+    /// Default none: no metrics endpoint.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_some_socket_addr"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for PageServerConfig {
-    /// Loopback port 6434, data under the data directory, no TLS.
+    /// Loopback port 6434, data under the data directory, no TLS, no metrics endpoint.
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 6434)),
             data_dir: None,
             tls_cert: None,
             tls_key: None,
+            metrics_listen: None,
         }
     }
 }
@@ -469,6 +478,13 @@ fn deserialize_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr
         "an address such as \"127.0.0.1:6480\"",
     ))
     .map(|a| a.0)
+}
+
+/// As [`deserialize_socket_addr`], for an optional key (absent keys take the default).
+fn deserialize_some_socket_addr<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    deserialize_socket_addr(d).map(Some)
 }
 
 /// Settings for one endpoint (`[endpoints.NAME]`).
@@ -1092,10 +1108,22 @@ mod tests {
             Some(PathBuf::from("/etc/ps.key"))
         );
 
+        assert_eq!(config.pageserver.metrics_listen, None, "off by default");
+
         let config =
             Config::from_toml_str("lakebed.toml", "[pageserver]\ndata_dir = \"/fast/pages\"")
                 .unwrap();
         assert_eq!(config.pageserver_data_dir(), PathBuf::from("/fast/pages"));
+
+        let config = Config::from_toml_str(
+            "lakebed.toml",
+            "[pageserver]\nmetrics_listen = \"127.0.0.1:6435\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.pageserver.metrics_listen,
+            Some("127.0.0.1:6435".parse().unwrap())
+        );
 
         let cases = [
             (
@@ -1113,6 +1141,14 @@ mod tests {
             (
                 "[pageserver]\ndata_dir = \"\"",
                 "lakebed.toml: pageserver.data_dir: must not be empty",
+            ),
+            (
+                "[pageserver]\nmetrics_listen = \"6435\"",
+                "lakebed.toml: pageserver.metrics_listen: \"6435\" is not an address like 127.0.0.1:6480 or [::1]:6480",
+            ),
+            (
+                "[pageserver]\nmetrics_listen = 6435",
+                "lakebed.toml: pageserver.metrics_listen: expected an address such as \"127.0.0.1:6480\", found integer 6435",
             ),
             (
                 "[pageserver]\nlisten_addr = \"127.0.0.1:1\"",

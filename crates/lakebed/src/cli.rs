@@ -53,6 +53,11 @@ pub enum Command {
         /// PEM private key of --tls-cert (default: pageserver.tls_key).
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Address to serve `GET /metrics` on (default: pageserver.metrics_listen, none);
+        /// port 0 picks a free port. Prints `pageserver metrics on ADDR` before the line
+        /// above.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Serve one compute's PGDATA from the page store (started by the compute manager, one
     /// process per compute). Prints `ready GENERATION` once mounted; SIGTERM unmounts.

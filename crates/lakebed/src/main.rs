@@ -8,12 +8,15 @@
 //!
 //! Why clap (derive): the standard for Rust CLIs; help, errors and `--flag=value` forms come
 //! out as users of other tools expect. Why reqwest: a well-kept HTTP client on the same
-//! hyper stack as axum, so the binary carries one HTTP implementation.
+//! hyper stack as axum, so the binary carries one HTTP implementation. Why OpenTelemetry for
+//! traces (exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set): the vendor-neutral
+//! standard every tracing backend accepts; see `lakebed-telemetry`.
 
 mod cli;
 mod client;
 mod commands;
 mod logging;
+mod metrics;
 mod pki;
 mod up;
 

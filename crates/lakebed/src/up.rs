@@ -5,8 +5,8 @@
 //! endpoint `main` and role `lakebed` on first start, creates or updates the endpoints named
 //! in the configuration, serves the API, runs the autosuspend monitor and the proxy.
 //! Computes accept only the proxy (its client certificate from the internal CA). SIGINT or
-//! SIGTERM stops the proxy, suspends every compute, then the process exits: no postgres
-//! process is left behind.
+//! SIGTERM stops the proxy, suspends every compute, sends the last trace spans (if traces
+//! are exported), then the process exits: no postgres process is left behind.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -33,8 +33,14 @@ const DEFAULT_ENDPOINT: &str = "main";
 const DEFAULT_ROLE: &str = "lakebed";
 
 pub async fn run(config: Config) -> Result<()> {
-    crate::logging::init(config.logging.format, "info,tokio_postgres=warn");
+    let tracing = crate::logging::init(config.logging.format, "info,tokio_postgres=warn")?;
+    let result = serve(config).await;
+    // Also after a failed start: its spans say why.
+    tracing.shutdown().await;
+    result
+}
 
+async fn serve(config: Config) -> Result<()> {
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -84,7 +90,7 @@ pub async fn run(config: Config) -> Result<()> {
     std::fs::write(&addr_file, api_addr.to_string())
         .with_context(|| format!("writing {}", addr_file.display()))?;
     let monitor = activity::spawn_monitor(manager.clone());
-    let prometheus = metrics_recorder()?;
+    let prometheus = crate::metrics::recorder()?;
     let render_manager: api::RenderMetrics = {
         let (manager, prometheus) = (manager.clone(), prometheus.clone());
         std::sync::Arc::new(move || {
@@ -182,20 +188,6 @@ async fn start_pageserver(
         }
     });
     Ok((format!("http://{addr}"), Some((stop, task))))
-}
-
-/// Installs the process's metrics recorder. Metrics are Prometheus-named; both HTTP APIs
-/// serve them at `/metrics` (one process, one registry).
-fn metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("lakebed_cold_start_seconds".into()),
-            &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
-        )
-        .context("metrics buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")
 }
 
 /// Binds the proxy with TLS for clients (configured, else the development certificate) and

@@ -14,6 +14,9 @@
 //!   `INVALID_ARGUMENT`, `NOT_FOUND`, ...) are returned at once. When the budget runs out the
 //!   call fails with [`RpcError::Unavailable`].
 //!
+//! - **Tracing**: every request carries the W3C `traceparent` of the caller's current span
+//!   ([`TraceContext`]), so the page store's span of the call joins the caller's trace.
+//!
 //! A retried call may have been applied by a server that died before answering. Every
 //! operation is safe to repeat in effect (a write of the same puts and deletes leaves the same
 //! contents, under one more seq; an acquire moves the generation once more, still to one this
@@ -35,6 +38,8 @@ use lakebed_pageserver_api::proto::{
 };
 use lakebed_pageserver_api::{Generation, Seq, TimelineId};
 use prost::Message;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
@@ -244,10 +249,30 @@ pub struct ScanPage {
     pub seq: Seq,
 }
 
+/// Adds the trace context of the current span to each request as `traceparent` (and
+/// `tracestate`) metadata; adds nothing when traces are not exported.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContext;
+
+impl Interceptor for TraceContext {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let metadata = request.metadata_mut();
+        lakebed_telemetry::inject(&tracing::Span::current(), |key, value| {
+            if let Ok(value) = value.parse() {
+                metadata.insert(key, value);
+            }
+        });
+        Ok(request)
+    }
+}
+
+/// The generated client over the channel, with [`TraceContext`].
+type Rpc = Stub<InterceptedService<Channel, TraceContext>>;
+
 /// A page store client. Cheap to clone (clones share one HTTP/2 connection).
 #[derive(Debug, Clone)]
 pub struct PageStoreClient {
-    stub: Stub<Channel>,
+    stub: Rpc,
     options: Arc<ClientOptions>,
     retries: Arc<AtomicU64>,
 }
@@ -294,7 +319,7 @@ impl PageStoreClient {
     }
 
     fn with_channel(channel: Channel, options: ClientOptions) -> Self {
-        let stub = Stub::new(channel)
+        let stub = Stub::with_interceptor(channel, TraceContext)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Self {
@@ -546,7 +571,7 @@ impl PageStoreClient {
     async fn call<Req, Resp, F, Fut>(&self, f: F, req: Req) -> Result<Resp, RpcError>
     where
         Req: Clone,
-        F: Fn(Stub<Channel>, tonic::Request<Req>) -> Fut,
+        F: Fn(Rpc, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let o = &self.options;

@@ -17,7 +17,9 @@
 //!   returns.
 //! - **RPC** ([`service`], [`server`]): tonic gRPC, the `PageStore` service of
 //!   `lakebed-pageserver-api`, with optional TLS (rustls on aws-lc-rs, already the
-//!   workspace's TLS stack).
+//!   workspace's TLS stack). Each call is traced as a `pagestore.<rpc>` span continuing the
+//!   caller's trace, and counted and timed through the `metrics` facade (the binary installs
+//!   the Prometheus recorder and serves `/metrics`); see [`service`].
 //!
 //! Why redb rather than fjall: a page store write must be durable before it is acknowledged,
 //! and redb's unit of work is exactly that, an ACID transaction that fsyncs on commit

@@ -5,8 +5,20 @@
 //! refused with `INVALID_ARGUMENT` (never a panic). Store errors map to codes as the proto
 //! file documents; fencing and not-found errors carry a protobuf [`ErrorDetail`] in the
 //! status details.
+//!
+//! Each call runs in a `pagestore.<rpc>` span that continues the caller's trace (the
+//! `traceparent` metadata the client's interceptor sends), and is measured:
+//!
+//! | metric | labels | what |
+//! | --- | --- | --- |
+//! | `lakebed_pagestore_requests_total` | `rpc`, `outcome` (`ok` or the gRPC code, e.g. `not_found`) | calls answered |
+//! | `lakebed_pagestore_request_duration_seconds` | `rpc` | histogram of the time to answer |
+//! | `lakebed_pagestore_bytes_written_total` | | key and value bytes of the puts of committed writes |
+//! | `lakebed_pagestore_bytes_read_total` | | value bytes answered by reads; key and value bytes by scans |
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use lakebed_pageserver_api::limits::{MAX_RESPONSE_BYTES, MAX_SCAN_ENTRIES};
@@ -21,6 +33,7 @@ use lakebed_pageserver_api::proto::{
 use lakebed_pageserver_api::{Generation, Seq, TimelineId};
 use prost::Message;
 use tonic::{Code, Request, Response, Status};
+use tracing::{Instrument, Span};
 
 use crate::store::{Store, StoreError};
 
@@ -126,135 +139,227 @@ fn to_status(error: StoreError) -> Status {
     }
 }
 
+/// Makes `span` (an RPC's server span) a child of the caller's span when the request carries
+/// trace context, and returns it.
+fn continued<T>(span: Span, request: &Request<T>) -> Span {
+    let metadata = request.metadata();
+    lakebed_telemetry::set_parent(&span, |key| metadata.get(key).and_then(|v| v.to_str().ok()));
+    span
+}
+
+/// Runs one RPC's `body` in `span`, then counts it by outcome and records its duration.
+async fn observe<T>(
+    rpc: &'static str,
+    span: Span,
+    body: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = body.instrument(span).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(status) => code_label(status.code()),
+    };
+    metrics::counter!("lakebed_pagestore_requests_total", "rpc" => rpc, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("lakebed_pagestore_request_duration_seconds", "rpc" => rpc)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The `outcome` label of a gRPC code: its name in snake case.
+fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
 #[tonic::async_trait]
 impl PageStore for PageStoreService {
-    #[tracing::instrument(skip_all, fields(timeline = %request.get_ref().id))]
     async fn create_timeline(
         &self,
         request: Request<CreateTimelineRequest>,
     ) -> Result<Response<CreateTimelineResponse>, Status> {
-        let req = request.into_inner();
-        let id = timeline_id(&req.id)?;
-        let parent = match req.parent {
-            None => None,
-            Some(p) => Some((timeline_id(&p.timeline)?, p.seq.map(Seq))),
-        };
-        let info = self
-            .run(move |s| s.create_timeline(&id, parent.as_ref().map(|(p, seq)| (p, *seq))))
-            .await?;
-        tracing::info!(last_seq = info.last_seq.0, "timeline created");
-        Ok(Response::new(CreateTimelineResponse {
-            last_seq: info.last_seq.0,
-        }))
+        let span =
+            tracing::info_span!("pagestore.create_timeline", timeline = %request.get_ref().id);
+        let span = continued(span, &request);
+        observe("create_timeline", span, async move {
+            let req = request.into_inner();
+            let id = timeline_id(&req.id)?;
+            let parent = match req.parent {
+                None => None,
+                Some(p) => Some((timeline_id(&p.timeline)?, p.seq.map(Seq))),
+            };
+            let info = self
+                .run(move |s| s.create_timeline(&id, parent.as_ref().map(|(p, seq)| (p, *seq))))
+                .await?;
+            tracing::info!(last_seq = info.last_seq.0, "timeline created");
+            Ok(Response::new(CreateTimelineResponse {
+                last_seq: info.last_seq.0,
+            }))
+        })
+        .await
     }
 
-    #[tracing::instrument(skip_all, fields(timeline = %request.get_ref().id))]
     async fn delete_timeline(
         &self,
         request: Request<DeleteTimelineRequest>,
     ) -> Result<Response<DeleteTimelineResponse>, Status> {
-        let id = timeline_id(&request.get_ref().id)?;
-        self.run(move |s| s.delete_timeline(&id)).await?;
-        tracing::info!("timeline deleted");
-        Ok(Response::new(DeleteTimelineResponse {}))
+        let span =
+            tracing::info_span!("pagestore.delete_timeline", timeline = %request.get_ref().id);
+        let span = continued(span, &request);
+        observe("delete_timeline", span, async move {
+            let id = timeline_id(&request.get_ref().id)?;
+            self.run(move |s| s.delete_timeline(&id)).await?;
+            tracing::info!("timeline deleted");
+            Ok(Response::new(DeleteTimelineResponse {}))
+        })
+        .await
     }
 
     async fn describe_timeline(
         &self,
         request: Request<DescribeTimelineRequest>,
     ) -> Result<Response<DescribeTimelineResponse>, Status> {
-        let id = timeline_id(&request.get_ref().id)?;
-        let info = self.run(move |s| s.describe(&id)).await?;
-        Ok(Response::new(DescribeTimelineResponse {
-            generation: info.generation.0,
-            last_seq: info.last_seq.0,
-            parent: info.parent.map(|(p, seq)| BranchPoint {
-                timeline: p.to_string(),
-                seq: Some(seq.0),
-            }),
-        }))
+        let span =
+            tracing::info_span!("pagestore.describe_timeline", timeline = %request.get_ref().id);
+        let span = continued(span, &request);
+        observe("describe_timeline", span, async move {
+            let id = timeline_id(&request.get_ref().id)?;
+            let info = self.run(move |s| s.describe(&id)).await?;
+            Ok(Response::new(DescribeTimelineResponse {
+                generation: info.generation.0,
+                last_seq: info.last_seq.0,
+                parent: info.parent.map(|(p, seq)| BranchPoint {
+                    timeline: p.to_string(),
+                    seq: Some(seq.0),
+                }),
+            }))
+        })
+        .await
     }
 
-    #[tracing::instrument(skip_all, fields(timeline = %request.get_ref().id))]
     async fn acquire(
         &self,
         request: Request<AcquireRequest>,
     ) -> Result<Response<AcquireResponse>, Status> {
-        let id = timeline_id(&request.get_ref().id)?;
-        let generation = self.run(move |s| s.acquire(&id)).await?;
-        tracing::info!(generation = generation.0, "generation acquired");
-        Ok(Response::new(AcquireResponse {
-            generation: generation.0,
-        }))
+        let span = tracing::info_span!("pagestore.acquire", timeline = %request.get_ref().id);
+        let span = continued(span, &request);
+        observe("acquire", span, async move {
+            let id = timeline_id(&request.get_ref().id)?;
+            let generation = self.run(move |s| s.acquire(&id)).await?;
+            tracing::info!(generation = generation.0, "generation acquired");
+            Ok(Response::new(AcquireResponse {
+                generation: generation.0,
+            }))
+        })
+        .await
     }
 
     async fn write(
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let req = request.into_inner();
-        let id = timeline_id(&req.id)?;
-        let generation = Generation(req.generation);
-        let puts: Vec<(Bytes, Bytes)> = req.puts.into_iter().map(|p| (p.key, p.value)).collect();
-        let deletes = req.deletes;
-        let seq = self
-            .run(move |s| s.write(&id, generation, &puts, &deletes))
-            .await?;
-        Ok(Response::new(WriteResponse { seq: seq.0 }))
+        let span = tracing::info_span!("pagestore.write", timeline = %request.get_ref().id);
+        let span = continued(span, &request);
+        observe("write", span, async move {
+            let req = request.into_inner();
+            let id = timeline_id(&req.id)?;
+            let generation = Generation(req.generation);
+            let puts: Vec<(Bytes, Bytes)> =
+                req.puts.into_iter().map(|p| (p.key, p.value)).collect();
+            let bytes: usize = puts.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let deletes = req.deletes;
+            let seq = self
+                .run(move |s| s.write(&id, generation, &puts, &deletes))
+                .await?;
+            metrics::counter!("lakebed_pagestore_bytes_written_total").increment(bytes as u64);
+            Ok(Response::new(WriteResponse { seq: seq.0 }))
+        })
+        .await
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
-        let req = request.into_inner();
-        let id = timeline_id(&req.id)?;
-        let keys = req.keys;
-        let at = req.at_seq.map(Seq);
-        let (seq, values) = self.run(move |s| s.read(&id, &keys, at)).await?;
-        Ok(Response::new(ReadResponse {
-            values: values
-                .into_iter()
-                .map(|value| MaybeValue {
-                    value: value.map(Bytes::from),
-                })
-                .collect(),
-            seq: seq.0,
-        }))
+        let span = tracing::info_span!("pagestore.read", timeline = %request.get_ref().id);
+        let span = continued(span, &request);
+        observe("read", span, async move {
+            let req = request.into_inner();
+            let id = timeline_id(&req.id)?;
+            let keys = req.keys;
+            let at = req.at_seq.map(Seq);
+            let (seq, values) = self.run(move |s| s.read(&id, &keys, at)).await?;
+            let bytes: usize = values.iter().flatten().map(Vec::len).sum();
+            metrics::counter!("lakebed_pagestore_bytes_read_total").increment(bytes as u64);
+            Ok(Response::new(ReadResponse {
+                values: values
+                    .into_iter()
+                    .map(|value| MaybeValue {
+                        value: value.map(Bytes::from),
+                    })
+                    .collect(),
+                seq: seq.0,
+            }))
+        })
+        .await
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
-        let req = request.into_inner();
-        let id = timeline_id(&req.id)?;
-        let limit = match req.limit {
-            0 => MAX_SCAN_ENTRIES,
-            n if n > MAX_SCAN_ENTRIES => {
-                return Err(Status::invalid_argument(format!(
-                    "scan limit {n}: at most {MAX_SCAN_ENTRIES} (MAX_SCAN_ENTRIES)"
-                )));
-            }
-            n => n,
-        };
-        let at = req.at_seq.map(Seq);
-        let result = self
-            .run(move |s| {
-                let end = (!req.end.is_empty()).then_some(&req.end[..]);
-                // Stop before the response could pass the cap: one more value may follow the
-                // check, so leave room for the largest one.
-                let budget = MAX_RESPONSE_BYTES
-                    - lakebed_pageserver_api::limits::MAX_VALUE_BYTES
-                    - lakebed_pageserver_api::limits::MAX_KEY_BYTES * limit as usize;
-                s.scan(&id, &req.start, end, at, limit as usize, budget)
-            })
-            .await?;
-        Ok(Response::new(ScanResponse {
-            entries: result
-                .entries
-                .into_iter()
-                .map(|(key, value)| Entry {
-                    key: Bytes::from(key),
-                    value: Bytes::from(value),
+        let span = tracing::info_span!("pagestore.scan", timeline = %request.get_ref().id);
+        let span = continued(span, &request);
+        observe("scan", span, async move {
+            let req = request.into_inner();
+            let id = timeline_id(&req.id)?;
+            let limit = match req.limit {
+                0 => MAX_SCAN_ENTRIES,
+                n if n > MAX_SCAN_ENTRIES => {
+                    return Err(Status::invalid_argument(format!(
+                        "scan limit {n}: at most {MAX_SCAN_ENTRIES} (MAX_SCAN_ENTRIES)"
+                    )));
+                }
+                n => n,
+            };
+            let at = req.at_seq.map(Seq);
+            let result = self
+                .run(move |s| {
+                    let end = (!req.end.is_empty()).then_some(&req.end[..]);
+                    // Stop before the response could pass the cap: one more value may follow
+                    // the check, so leave room for the largest one.
+                    let budget = MAX_RESPONSE_BYTES
+                        - lakebed_pageserver_api::limits::MAX_VALUE_BYTES
+                        - lakebed_pageserver_api::limits::MAX_KEY_BYTES * limit as usize;
+                    s.scan(&id, &req.start, end, at, limit as usize, budget)
                 })
-                .collect(),
-            more: result.more,
-            seq: result.seq.0,
-        }))
+                .await?;
+            let bytes: usize = result.entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+            metrics::counter!("lakebed_pagestore_bytes_read_total").increment(bytes as u64);
+            Ok(Response::new(ScanResponse {
+                entries: result
+                    .entries
+                    .into_iter()
+                    .map(|(key, value)| Entry {
+                        key: Bytes::from(key),
+                        value: Bytes::from(value),
+                    })
+                    .collect(),
+                more: result.more,
+                seq: result.seq.0,
+            }))
+        })
+        .await
     }
 }

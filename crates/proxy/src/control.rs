@@ -1,5 +1,6 @@
 //! The proxy's client for the compute manager's HTTP API: role secrets (cached briefly)
-//! and wakes. The proxy holds the admin bearer token.
+//! and wakes. The proxy holds the admin bearer token. Requests carry the W3C `traceparent`
+//! of the current span, so the manager's spans join the client connection's trace.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use lakebed_config::{EndpointName, PoolMode, RoleName};
 use reqwest::StatusCode;
 use serde::Deserialize;
+use tracing::{Instrument, field};
 
 use crate::error::ProxyError;
 use crate::scram::ScramSecret;
@@ -61,6 +63,9 @@ struct SecretAnswer {
 #[derive(Deserialize)]
 struct WakeAnswer {
     address: SocketAddr,
+    /// Set when this wake started the compute (a cold start).
+    #[serde(default)]
+    cold_start_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +114,7 @@ impl ControlPlane {
         let resp = self
             .http
             .get(self.url(&format!("/v1/endpoints/{endpoint}/roles/{role}/secret")))
+            .headers(trace_headers())
             .bearer_auth(&self.opts.token)
             .timeout(Duration::from_secs(10))
             .send()
@@ -146,6 +152,8 @@ impl ControlPlane {
     }
 
     /// Wakes the endpoint and returns its compute's address, waiting at most `timeout`.
+    /// Traced as a `wake` span whose `cold` field says whether this wake started the
+    /// compute; the manager's spans of the wake are its children.
     ///
     /// # Errors
     ///
@@ -156,9 +164,19 @@ impl ControlPlane {
         endpoint: &EndpointName,
         timeout: Duration,
     ) -> Result<SocketAddr, ProxyError> {
+        let span = tracing::info_span!("wake", cold = field::Empty);
+        self.wake_in_span(endpoint, timeout).instrument(span).await
+    }
+
+    async fn wake_in_span(
+        &self,
+        endpoint: &EndpointName,
+        timeout: Duration,
+    ) -> Result<SocketAddr, ProxyError> {
         let resp = self
             .http
             .post(self.url(&format!("/v1/endpoints/{endpoint}/wake")))
+            .headers(trace_headers())
             .bearer_auth(&self.opts.token)
             .timeout(timeout)
             .send()
@@ -179,6 +197,7 @@ impl ControlPlane {
                 .json()
                 .await
                 .map_err(|e| ProxyError::ControlPlane(format!("wake: {e}")))?;
+            tracing::Span::current().record("cold", answer.cold_start_ms.is_some());
             return Ok(answer.address);
         }
         let body: Option<ErrorAnswer> = resp.json().await.ok();
@@ -194,4 +213,16 @@ impl ControlPlane {
             _ => Err(ProxyError::ControlPlane(format!("wake: HTTP {status}"))),
         }
     }
+}
+
+/// The current span's trace-context headers (none if it is not traced), so the manager's
+/// spans join the caller's trace.
+fn trace_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    lakebed_telemetry::inject(&tracing::Span::current(), |name, value| {
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    });
+    headers
 }

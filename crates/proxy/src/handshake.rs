@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use crate::error::ProxyError;
 use crate::pqproto::{self, CancelKey, StartupPacket, StartupParams};
@@ -173,6 +174,7 @@ async fn flush(stream: &mut PqStream<Stream>) -> Result<(), Failed> {
 async fn accept(tcp: TcpStream, tls: &TlsServer) -> Result<Stream, Failed> {
     TlsAcceptor::from(tls.config.clone())
         .accept(tcp)
+        .instrument(tracing::info_span!("tls"))
         .await
         .map(|s| Stream::ServerTls(Box::new(s)))
         .map_err(|e| fail(None, ProxyError::TlsHandshake(e)))

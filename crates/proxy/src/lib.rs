@@ -10,6 +10,11 @@
 //!
 //! The proxy talks to the compute manager only over its HTTP API, so it can run on another
 //! host.
+//!
+//! Each client connection is one trace (spans listed in [`session`]); the `traceparent`
+//! header carries it to the compute manager ([`control`]). Why OpenTelemetry, through
+//! `lakebed-telemetry`: the vendor-neutral standard every tracing backend accepts, fed by the
+//! `tracing` spans the code already has.
 
 pub mod api;
 pub mod auth;

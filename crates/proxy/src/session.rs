@@ -1,4 +1,9 @@
 //! The accept loop and the life of one client connection.
+//!
+//! Each connection is one trace: the root span `conn` (fields `peer`, `ep`, `role`) with the
+//! children `accept` (startup packets; `tls` inside it for the TLS handshake), `auth`, `wake`
+//! (field `cold`) and `connect_compute` when a server connection is opened for it, and
+//! `session` (the relay, until the client leaves).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -178,7 +183,12 @@ async fn handle(
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let _active = ActiveConnection::new();
-    let started = timeout(AUTH_TIMEOUT, handshake(tcp, shared.opts.tls.as_ref())).await;
+    let accept = tracing::info_span!("accept");
+    let started = timeout(
+        AUTH_TIMEOUT,
+        handshake(tcp, shared.opts.tls.as_ref()).instrument(accept),
+    )
+    .await;
     let (mut stream, minor, params, server_name) = match started {
         Err(_) => return,
         Ok(Ok(Handshake::Cancel(key))) => {
@@ -208,7 +218,8 @@ async fn handle(
     match started {
         Ok(((client, held), _permit)) => {
             let (io, ahead) = stream.into_parts();
-            if let Err(e) = client.run(io, ahead, held).await {
+            let session = tracing::info_span!("session");
+            if let Err(e) = client.run(io, ahead, held).instrument(session).await {
                 tracing::info!(error = %e, "session ended with an error");
             }
         }
@@ -320,7 +331,9 @@ async fn setup(
         domain: &opts.domain,
         mock_key: &shared.mock_key,
     };
-    let auth = timeout(AUTH_TIMEOUT, authenticate(stream, &ctx, endpoint, &user))
+    let authenticating =
+        authenticate(stream, &ctx, endpoint, &user).instrument(tracing::info_span!("auth"));
+    let auth = timeout(AUTH_TIMEOUT, authenticating)
         .await
         .map_err(|_| ProxyError::ClientIo(std::io::ErrorKind::TimedOut.into()))??;
     let span = tracing::Span::current();
@@ -415,7 +428,9 @@ pub(crate) async fn connect_with_wake(
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let addr = control.wake(login.endpoint, remaining).await?;
-        let attempt = compute::connect(addr, compute_tls, params, login.key, login.secret).await;
+        let attempt = compute::connect(addr, compute_tls, params, login.key, login.secret)
+            .instrument(tracing::info_span!("connect_compute", compute = %addr))
+            .await;
         match attempt {
             Ok(conn) => return Ok((addr, conn)),
             Err(ConnectError::Retryable(detail)) => {

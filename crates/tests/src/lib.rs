@@ -14,6 +14,10 @@
 //! - [`Stack`] ([`stack`]): a `lakebed up` with the proxy and pool tests' helpers.
 //! - [`clients`]: `psql`/`pgbench`, tokio-postgres (plain, rustls, watched), polling.
 //! - [`wire`]: the wire protocol by hand, and [`RawClient`] that logs in with SCRAM.
+//! - [`otlp`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
+//!
+//! Processes started here inherit no `LAKEBED_*` or `OTEL_*` variable from the test's
+//! environment: a test sets what it needs.
 //!
 //! Every wait has a deadline ([`DEADLINE`]): a bug fails a test instead of hanging it.
 
@@ -36,6 +40,7 @@ use tokio::time::timeout;
 use tokio_postgres::{Client, NoTls};
 
 pub mod clients;
+pub mod otlp;
 pub mod stack;
 pub mod wire;
 
@@ -307,18 +312,24 @@ pub fn lakebed_bin() -> PathBuf {
 }
 
 /// A `lakebed` command with `--data-dir dir`, run in `dir` (so no stray `./lakebed.toml` is
-/// read), with no `LAKEBED_*` variable inherited from the test's environment.
+/// read), with no `LAKEBED_*` or `OTEL_*` variable inherited from the test's environment.
 fn lakebed_command(dir: &DataDir) -> Command {
     let mut cmd = Command::new(lakebed_bin());
     cmd.arg("--data-dir").arg(dir.path());
     cmd.current_dir(dir.path());
+    clean_env(&mut cmd);
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// Removes the `LAKEBED_*` and `OTEL_*` variables of the test's environment from `cmd`'s.
+fn clean_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("LAKEBED_") {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("LAKEBED_") || key_text.starts_with("OTEL_") {
             cmd.env_remove(key);
         }
     }
-    cmd.kill_on_drop(true);
-    cmd
 }
 
 /// What a finished `lakebed` command did.
@@ -548,6 +559,8 @@ pub struct PageServerProcess {
     child: Child,
     /// The address it listens on, from its `pageserver listening on ADDR` line.
     pub addr: SocketAddr,
+    /// Where it serves `/metrics`, from its `pageserver metrics on ADDR` line, if it does.
+    pub metrics_addr: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -555,6 +568,16 @@ impl PageServerProcess {
     /// Starts `lakebed --data-dir DIR pageserver --listen LISTEN [extra]` and waits (at most
     /// [`DEADLINE`]) for `pageserver listening on ADDR`.
     pub async fn start(dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::start_with(dir, listen, extra, &[]).await
+    }
+
+    /// As [`Self::start`], with `env` added to the process's environment.
+    pub async fn start_with(
+        dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = dir.join(format!(
             "pageserver-{}.log",
             std::time::SystemTime::now()
@@ -572,15 +595,16 @@ impl PageServerProcess {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("create the log file"))
             .kill_on_drop(true);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("LAKEBED_") {
-                cmd.env_remove(key);
-            }
-        }
+        clean_env(&mut cmd);
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn lakebed pageserver");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let mut metrics_addr = None;
         let addr = timeout(DEADLINE, async {
             while let Some(line) = lines.next_line().await.expect("read pageserver's stdout") {
+                if let Some(addr) = line.strip_prefix("pageserver metrics on ") {
+                    metrics_addr = Some(addr.trim().parse::<SocketAddr>().expect("an address"));
+                }
                 if let Some(addr) = line.strip_prefix("pageserver listening on ") {
                     return Some(addr.trim().parse::<SocketAddr>().expect("an address"));
                 }
@@ -598,7 +622,17 @@ impl PageServerProcess {
         };
         // Keep draining stdout so the process never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            metrics_addr,
+            log,
+        }
+    }
+
+    /// What it logged so far (its stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `http://ADDR`.

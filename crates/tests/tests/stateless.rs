@@ -113,8 +113,7 @@ fn pagefs_pid(mountpoint: &Path) -> Option<i32> {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let serves =
-            args.iter().any(|a| *a == b"pagefs") && args.iter().any(|a| *a == want.as_bytes());
+        let serves = args.iter().any(|a| *a == b"pagefs") && args.contains(&want.as_bytes());
         serves.then_some(pid)
     })
 }

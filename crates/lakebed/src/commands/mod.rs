@@ -33,9 +33,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             listen,
             tls_cert,
             tls_key,
+            metrics_listen,
         } => {
             if let Some(listen) = listen {
                 config.pageserver.listen = listen;
+            }
+            if metrics_listen.is_some() {
+                config.pageserver.metrics_listen = metrics_listen;
             }
             if tls_cert.is_some() {
                 config.pageserver.tls_cert = tls_cert;

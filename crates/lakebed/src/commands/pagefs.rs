@@ -14,7 +14,13 @@ use crate::cli::PagefsArgs;
 
 /// Mounts, serves until SIGTERM/SIGINT or an unmount, flushes, cleans up.
 pub async fn run(args: PagefsArgs) -> Result<()> {
-    crate::logging::init(lakebed_config::LogFormat::Text, "info");
+    let tracing = crate::logging::init(lakebed_config::LogFormat::Text, "info")?;
+    let result = serve(args).await;
+    tracing.shutdown().await;
+    result
+}
+
+async fn serve(args: PagefsArgs) -> Result<()> {
     nix::sys::prctl::set_dumpable(false).context("making the process non-dumpable")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -1,4 +1,5 @@
-//! `lakebed pageserver`: the page store as a process of its own.
+//! `lakebed pageserver`: the page store as a process of its own, with `GET /metrics` when
+//! `pageserver.metrics_listen` (or `--metrics-listen`) is set.
 
 use std::time::Duration;
 
@@ -6,13 +7,20 @@ use anyhow::{Context, Result};
 use lakebed_config::Config;
 use lakebed_pageserver::{PageServer, ServerOptions, ServerTls};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 /// How long requests in flight get to finish after SIGINT or SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the page store until SIGINT or SIGTERM.
 pub async fn run(config: &Config) -> Result<()> {
-    crate::logging::init(config.logging.format, "info");
+    let tracing = crate::logging::init(config.logging.format, "info")?;
+    let result = serve(config).await;
+    tracing.shutdown().await;
+    result
+}
+
+async fn serve(config: &Config) -> Result<()> {
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -37,12 +45,32 @@ pub async fn run(config: &Config) -> Result<()> {
     .await
     .context("starting the page store")?;
     let addr = server.local_addr();
+    let stop_metrics = CancellationToken::new();
+    let metrics = match ps.metrics_listen {
+        None => None,
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("pageserver.metrics_listen: cannot listen on {listen}"))?;
+            let metrics_addr = listener.local_addr()?;
+            let prometheus = crate::metrics::recorder()?;
+            let task = tokio::spawn(crate::metrics::serve(
+                listener,
+                prometheus,
+                stop_metrics.clone().cancelled_owned(),
+            ));
+            Some((metrics_addr, task))
+        }
+    };
     tracing::info!(%addr, data_dir = %data_dir.display(), tls = tls.is_some(), "page store ready");
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut serving = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
+    if let Some((metrics_addr, _)) = &metrics {
+        println!("pageserver metrics on {metrics_addr}");
+    }
     // Printed once the socket is bound: connections are accepted from here on.
     println!("pageserver listening on {addr}");
     tokio::select! {
@@ -58,6 +86,10 @@ pub async fn run(config: &Config) -> Result<()> {
     match tokio::time::timeout(DRAIN_TIMEOUT, serving).await {
         Ok(ended) => ended.context("the page store task failed")??,
         Err(_) => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; exiting"),
+    }
+    stop_metrics.cancel();
+    if let Some((_, task)) = metrics {
+        let _ = task.await;
     }
     tracing::info!("page store stopped");
     Ok(())

@@ -113,6 +113,9 @@ impl Node {
     }
 }
 
+/// One directory entry as readdir returns it: `(next offset, ino, kind, name)`.
+pub type DirEntry = (u64, u64, Kind, Vec<u8>);
+
 /// A dirty entry: its value (`None`: delete) and the version it was made at.
 #[derive(Debug, Clone)]
 struct DirtyPage {
@@ -296,7 +299,8 @@ impl PageFs {
             next_ino: first_ino,
             ..State::default()
         };
-        if !nodes.contains_key(&ROOT_INO) {
+        // An empty timeline: a root directory, to be written at the first flush.
+        if let std::collections::hash_map::Entry::Vacant(root) = nodes.entry(ROOT_INO) {
             let now = SystemTime::now();
             let rec = InodeRecord {
                 kind: Kind::Directory,
@@ -305,10 +309,9 @@ impl PageFs {
                 mtime: now,
                 ctime: now,
             };
-            nodes.insert(ROOT_INO, Node::new(rec, ROOT_INO, false));
-            state.nodes = nodes;
-            state.mark_inode(ROOT_INO);
-            nodes = std::mem::take(&mut state.nodes);
+            root.insert(Node::new(rec, ROOT_INO, false));
+            let v = state.bump();
+            state.inodes.insert(ROOT_INO, v);
         }
         for (k, v) in &dirents {
             let Some((parent, name, child)) = layout::parse_dirent(k, v) else {
@@ -387,13 +390,12 @@ impl PageFs {
         Ok((ino, st.node(ino)?.clone()))
     }
 
-    /// Entries of directory `ino` from index `offset` on, with `.` and `..` first:
-    /// `(next offset, ino, kind, name)`.
+    /// Entries of directory `ino` from index `offset` on, with `.` and `..` first.
     ///
     /// # Errors
     ///
     /// `ENOENT`, `ENOTDIR`.
-    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<(u64, u64, Kind, Vec<u8>)>, Errno> {
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, Errno> {
         let st = lock(&self.state);
         let dir = st.node(ino)?;
         if !dir.is_dir() {
@@ -873,7 +875,7 @@ impl PageFs {
         if size < old {
             let keep = blocks_for(size);
             // The new last block keeps [0, size % BS); the rest must read as zeros later.
-            if size % BS != 0 {
+            if !size.is_multiple_of(BS) {
                 let b = size / BS;
                 let (bases, missing) = self.gather(&st, ino, std::iter::once(b), fetched)?;
                 if !missing.is_empty() {

@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::auth::Authenticated;
 use crate::control::ControlPlane;
 use crate::error::ProxyError;
-use server::ServerManager;
+use server::{Requesters, ServerManager};
 
 /// What identifies a pool. The verifier's StoredKey is part of it: a password change makes
 /// a new pool (the old one's connections log in with the old key) and the old one idles out.
@@ -139,6 +139,7 @@ pub struct Pool {
     inner: bb8::Pool<ServerManager>,
     acquire_timeout: Duration,
     connect_errors: ConnectErrors,
+    requesters: Arc<Requesters>,
 }
 
 /// The client-side timeouts of `[proxy.pool]`.
@@ -161,6 +162,7 @@ impl Pool {
     /// connection (57P03 when the compute cannot be woken, for instance).
     pub async fn acquire(&self) -> Result<Lent, ProxyError> {
         let _waiting = Waiting::new(&self.stats);
+        let _requester = self.requesters.wait();
         let mut failures = self.connect_errors.0.subscribe();
         let got = tokio::select! {
             got = self.inner.get_owned() => got,
@@ -261,6 +263,7 @@ impl Pools {
                 ))
             })
             .clone();
+        let requesters = Arc::new(Requesters::default());
         let manager = ServerManager {
             budget,
             pools: Arc::downgrade(self),
@@ -273,6 +276,7 @@ impl Pools {
             database: key.database.clone(),
             key: auth.client_key.clone(),
             secret: auth.secret.clone(),
+            requesters: requesters.clone(),
         };
         let connect_errors = ConnectErrors(tokio::sync::broadcast::channel(16).0);
         let inner = bb8::Pool::builder()
@@ -299,6 +303,7 @@ impl Pools {
             inner,
             acquire_timeout: c.acquire_timeout.get(),
             connect_errors,
+            requesters,
         });
         map.insert(key, pool.clone());
         pool

@@ -6,9 +6,11 @@
 //! manager's autosuspend monitor uses to ignore idle pooled connections: an endpoint whose
 //! clients are all idle in transaction pooling can be suspended.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use bytes::BytesMut;
 use lakebed_config::{EndpointName, RoleName};
 use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tracing::{Instrument, Span};
 
 use crate::control::ControlPlane;
 use crate::error::ProxyError;
@@ -56,6 +59,54 @@ pub struct ServerConn {
     _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// The spans of the clients waiting for a connection of one pool, oldest first.
+///
+/// bb8 opens connections in a task of its own, outside any client's span. So that a cold
+/// start's `wake` and `connect_compute` spans belong to the trace of the client that waited
+/// for them, [`ServerManager::connect`] runs in the span of the oldest waiting client it
+/// [claims](Self::claim); a connection opened for no one (`min_idle`) has no parent.
+#[derive(Debug, Default)]
+pub(crate) struct Requesters {
+    next: AtomicU64,
+    waiting: Mutex<BTreeMap<u64, Span>>,
+}
+
+impl Requesters {
+    /// Notes the current span as waiting until the guard is dropped. `None` (and no lock)
+    /// when the current span is disabled.
+    pub(crate) fn wait(&self) -> Option<Requester<'_>> {
+        let span = Span::current();
+        if span.is_disabled() {
+            return None;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, span);
+        Some(Requester { of: self, id })
+    }
+
+    /// Takes the span of the oldest waiting client, so that concurrent connects claim
+    /// different clients.
+    fn claim(&self) -> Option<Span> {
+        self.lock().pop_first().map(|(_, span)| span)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Span>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A client waiting in [`Requesters`]; leaves when dropped.
+pub(crate) struct Requester<'a> {
+    of: &'a Requesters,
+    id: u64,
+}
+
+impl Drop for Requester<'_> {
+    fn drop(&mut self) {
+        self.of.lock().remove(&self.id);
+    }
+}
+
 /// Opens server connections for one pool (endpoint, role, database).
 pub struct ServerManager {
     pub(crate) control: Arc<ControlPlane>,
@@ -72,9 +123,50 @@ pub struct ServerManager {
     pub(crate) pools: std::sync::Weak<super::Pools>,
     /// How long to wait for a place in the budget.
     pub(crate) acquire_timeout: Duration,
+    /// The clients waiting for a connection, whose spans connects run in.
+    pub(crate) requesters: Arc<Requesters>,
 }
 
 impl ServerManager {
+    /// Opens one connection: a place in the budget, then wake and connect.
+    async fn open(&self) -> Result<ServerConn, ProxyError> {
+        let budget = self.budget_permit().await?;
+        let mut params = StartupParams::default();
+        params.set("user", self.role.to_string());
+        if let Some(db) = &self.database {
+            params.set("database", db.clone());
+        }
+        params.set("application_name", POOL_APPLICATION_NAME.to_owned());
+        let login = crate::session::Login {
+            endpoint: &self.endpoint,
+            role: &self.role,
+            key: &self.key,
+            secret: &self.secret,
+        };
+        let (addr, conn) = crate::session::connect_with_wake(
+            &self.control,
+            self.compute_tls.as_ref(),
+            self.wake_timeout,
+            &login,
+            &params,
+        )
+        .await?;
+        let (stream, buf) = conn.stream.into_parts();
+        let (rd, wr) = tokio::io::split(stream);
+        Ok(ServerConn {
+            rd,
+            wr,
+            buf,
+            statements: ServerStatements::default(),
+            applied: SessionState::empty_fingerprint(),
+            startup_params: conn.startup,
+            key: conn.key,
+            addr,
+            broken: false,
+            _budget: budget,
+        })
+    }
+
     /// A place in the endpoint's budget: at once if free; else after closing an idle
     /// connection of another pool of the endpoint; else when one is given back.
     ///
@@ -118,41 +210,8 @@ impl bb8::ManageConnection for ServerManager {
     type Error = ProxyError;
 
     async fn connect(&self) -> Result<ServerConn, ProxyError> {
-        let budget = self.budget_permit().await?;
-        let mut params = StartupParams::default();
-        params.set("user", self.role.to_string());
-        if let Some(db) = &self.database {
-            params.set("database", db.clone());
-        }
-        params.set("application_name", POOL_APPLICATION_NAME.to_owned());
-        let login = crate::session::Login {
-            endpoint: &self.endpoint,
-            role: &self.role,
-            key: &self.key,
-            secret: &self.secret,
-        };
-        let (addr, conn) = crate::session::connect_with_wake(
-            &self.control,
-            self.compute_tls.as_ref(),
-            self.wake_timeout,
-            &login,
-            &params,
-        )
-        .await?;
-        let (stream, buf) = conn.stream.into_parts();
-        let (rd, wr) = tokio::io::split(stream);
-        Ok(ServerConn {
-            rd,
-            wr,
-            buf,
-            statements: ServerStatements::default(),
-            applied: SessionState::empty_fingerprint(),
-            startup_params: conn.startup,
-            key: conn.key,
-            addr,
-            broken: false,
-            _budget: budget,
-        })
+        let span = self.requesters.claim().unwrap_or_else(Span::none);
+        self.open().instrument(span).await
     }
 
     /// Cheap check at checkout: an idle connection must have nothing to say. If the socket
