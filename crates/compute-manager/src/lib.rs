@@ -34,4 +34,4 @@ pub mod verifier;
 
 pub use error::{ErrorCode, ManagerError};
 pub use manager::{ComputeTls, Manager, ManagerOptions, WakeOutcome};
-pub use storage::PageStoreOptions;
+pub use storage::{PageStoreOptions, PagefsStats};

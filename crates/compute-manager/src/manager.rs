@@ -35,7 +35,7 @@ use crate::compute::{ComputeState, ComputeStatus, Decision, Failure};
 use crate::postgres::sql::{self, Activity, QUERY_TIMEOUT};
 use crate::postgres::{EndpointDir, OsUser, PgInstall, Postmaster, StartError};
 use crate::reconcile;
-use crate::storage::{PageStoreOptions, Pagefs, Storage};
+use crate::storage::{PageStoreOptions, Pagefs, PagefsStats, Storage};
 use crate::verifier::{Verifier, generate_password};
 
 /// How many times a start retries with another port when Postgres loses a bind race.
@@ -119,6 +119,8 @@ pub struct EndpointView {
     pub last_cold_start_ms: Option<u64>,
     /// The last few boots, newest first.
     pub recent_boots: Vec<BootRecord>,
+    /// The running compute's pagefs counters (local cache, page store traffic).
+    pub pagefs: Option<PagefsStats>,
 }
 
 /// A role as the API shows it. The verifier is never shown.
@@ -379,6 +381,7 @@ impl Manager {
         let record = self.inner.catalog.endpoint(name)?;
         let recent_boots = self.inner.catalog.boots(name, 5)?;
         Ok(EndpointView {
+            pagefs: self.pagefs_stats(name),
             compute: self.status(name),
             boots: self.inner.catalog.boot_count(name)?,
             last_cold_start_ms: recent_boots.iter().find_map(|b| b.cold_start_ms),
@@ -409,11 +412,39 @@ impl Manager {
                 *counts
                     .entry(self.status(&e.name).state.label())
                     .or_default() += 1.0;
+                if let Some(s) = self.pagefs_stats(&e.name) {
+                    let ep = e.name.to_string();
+                    // Per compute boot: they restart from zero at each wake.
+                    for (name, value) in [
+                        ("lakebed_pagefs_cache_hits", s.hits as f64),
+                        ("lakebed_pagefs_cache_misses", s.misses as f64),
+                        ("lakebed_pagefs_cache_evictions", s.evictions as f64),
+                        ("lakebed_pagefs_cache_pages", s.cached_pages as f64),
+                        ("lakebed_pagefs_fetches", s.fetches as f64),
+                        ("lakebed_pagefs_fetch_seconds", s.fetch_seconds),
+                        ("lakebed_pagefs_flushed_bytes", s.flushed_bytes as f64),
+                        ("lakebed_pagefs_dirty_bytes", s.dirty_bytes as f64),
+                    ] {
+                        metrics::gauge!(name, "endpoint" => ep.clone()).set(value);
+                    }
+                }
             }
         }
         for (state, n) in counts {
             metrics::gauge!("lakebed_computes", "state" => state).set(n);
         }
+    }
+
+    /// The running compute's latest pagefs report; `None` when it is not up on pagefs (or
+    /// is being started or stopped right now).
+    pub fn pagefs_stats(&self, name: &EndpointName) -> Option<PagefsStats> {
+        let slot = self.slot(name);
+        let life = slot.life.try_lock().ok()?;
+        let Lifecycle::Up(run) = &*life else {
+            return None;
+        };
+        let stats = run.pagefs.as_ref()?.stats.lock().ok()?;
+        Some(*stats)
     }
 
     /// The compute status of an endpoint (suspended if it has never been woken).

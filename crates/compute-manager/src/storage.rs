@@ -66,8 +66,44 @@ fn storage_error(endpoint: &str, what: &str, e: impl std::fmt::Display) -> Manag
     }
 }
 
+/// What a running pagefs last reported (its `stats` line, once a second): local cache and
+/// page store counters since it mounted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PagefsStats {
+    /// Reads served by the local cache.
+    pub hits: u64,
+    /// Reads the local cache could not serve.
+    pub misses: u64,
+    /// Pages evicted from the local cache.
+    pub evictions: u64,
+    /// Pages in the local cache now.
+    pub cached_pages: u64,
+    /// Read RPCs to the page store.
+    pub fetches: u64,
+    /// Pages those reads fetched.
+    pub fetched_pages: u64,
+    /// Time spent in them, in seconds.
+    pub fetch_seconds: f64,
+    /// Flushes (write batches sent) to the page store.
+    pub flushes: u64,
+    /// Page bytes flushed.
+    pub flushed_bytes: u64,
+    /// Page bytes written but not yet flushed.
+    pub dirty_bytes: u64,
+}
+
+impl PagefsStats {
+    /// Hits over lookups, if there were any.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let total = self.hits + self.misses;
+        (total > 0).then(|| self.hits as f64 / total as f64)
+    }
+}
+
 /// A running pagefs.
 pub(crate) struct Pagefs {
+    /// Its latest report.
+    pub(crate) stats: std::sync::Arc<std::sync::Mutex<PagefsStats>>,
     child: Child,
     mountpoint: PathBuf,
     local_dir: PathBuf,
@@ -276,9 +312,15 @@ impl Storage {
         if let Some(ca) = &self.opts.ca_file {
             cmd.arg("--pageserver-ca").arg(ca);
         }
+        // Nothing of the manager's environment but PATH and the OpenTelemetry settings, plus
+        // the current span's trace context, so pagefs's mount is a step of this wake's trace.
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
+            .envs(std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("OTEL_")));
+        lakebed_telemetry::inject(&tracing::Span::current(), |name, value| {
+            cmd.env(name.to_ascii_uppercase(), value);
+        });
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .process_group(0)
@@ -316,10 +358,21 @@ impl Storage {
                 log_tail: crate::postgres::tail_lines(&text, 10),
             });
         };
-        // Nothing more is read; stdout is left to pagefs (a closed pipe would kill it).
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let stats = std::sync::Arc::new(std::sync::Mutex::new(PagefsStats::default()));
+        let latest = stats.clone();
+        // Reads the reports until pagefs exits (a closed pipe would kill it).
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(json) = line.strip_prefix("stats ")
+                    && let Ok(s) = serde_json::from_str(json)
+                {
+                    *latest.lock().unwrap_or_else(|p| p.into_inner()) = s;
+                }
+            }
+        });
         tracing::info!(endpoint, %timeline, generation, "pagefs mounted");
         Ok(Pagefs {
+            stats,
             child,
             mountpoint: mountpoint.to_owned(),
             local_dir: local_dir.to_owned(),

@@ -164,7 +164,37 @@ async fn counters_move_by_a_known_workload_of_three_connections_and_one_wake() {
     let cols: Vec<&str> = main.split_whitespace().collect();
     assert_eq!(cols[1], "active", "{main}");
     assert!(cols[2].starts_with("127.0.0.1:"), "{main}");
-    assert_eq!(cols[cols.len() - 4], "1", "one boot: {main}");
+    assert_eq!(cols[cols.len() - 5], "1", "one boot: {main}");
+    assert!(status.contains("page store: "), "{status}");
+
+    // pagefs reports its cache once a second; the compute has read pages through it since
+    // it booted, so the gauges and the status' hit ratio appear.
+    let pagefs = tokio::time::timeout(lakebed_tests::DEADLINE, async {
+        loop {
+            let m = scrape(&manager_metrics).await;
+            let pages = get(&m, "lakebed_pagefs_cache_pages", &[("endpoint", "main")]);
+            let lookups = get(&m, "lakebed_pagefs_cache_hits", &[("endpoint", "main")])
+                + get(&m, "lakebed_pagefs_cache_misses", &[("endpoint", "main")]);
+            if pages > 0.0 && lookups > 0.0 {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("pagefs figures on /metrics");
+    assert!(get(&pagefs, "lakebed_pagefs_fetches", &[("endpoint", "main")]) > 0.0);
+    let status = lakebed(&dir, &["status"]).await.ok();
+    let main = status
+        .lines()
+        .find(|l| l.starts_with("main "))
+        .unwrap_or_default();
+    let hit = main.split_whitespace().last().unwrap_or_default();
+    let ratio: f64 = hit
+        .strip_suffix('%')
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no cache hit ratio in: {main}"));
+    assert!((0.0..=100.0).contains(&ratio), "{main}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,8 +89,16 @@ async fn status(config: &Config, api_url: Option<String>) -> Result<()> {
     .call(reqwest::Method::GET, "/v1/pools", None)
     .await?;
     println!(
-        "{:<24} {:<11} {:<22} {:>10} {:>6} {:>8} {:>8} {:>8}",
-        "ENDPOINT", "STATE", "ADDRESS", "COLD START", "BOOTS", "CLIENTS", "WAITING", "SERVERS"
+        "{:<24} {:<11} {:<22} {:>10} {:>6} {:>8} {:>8} {:>8} {:>10}",
+        "ENDPOINT",
+        "STATE",
+        "ADDRESS",
+        "COLD START",
+        "BOOTS",
+        "CLIENTS",
+        "WAITING",
+        "SERVERS",
+        "CACHE HIT"
     );
     for ep in endpoints.as_array().into_iter().flatten() {
         let name = ep["name"].as_str().unwrap_or("?");
@@ -106,8 +114,14 @@ async fn status(config: &Config, api_url: Option<String>) -> Result<()> {
             waiting += n("clients_waiting");
             servers += n("servers_active") + n("servers_idle");
         }
+        let pagefs = &ep["pagefs"];
+        let (hits, misses) = (pagefs["hits"].as_u64(), pagefs["misses"].as_u64());
+        let hit_ratio = match (hits, misses) {
+            (Some(h), Some(m)) if h + m > 0 => format!("{:.1}%", 100.0 * h as f64 / (h + m) as f64),
+            _ => "-".into(),
+        };
         println!(
-            "{:<24} {:<11} {:<22} {:>10} {:>6} {:>8} {:>8} {:>8}",
+            "{:<24} {:<11} {:<22} {:>10} {:>6} {:>8} {:>8} {:>8} {:>10}",
             name,
             ep["compute"]["state"].as_str().unwrap_or("?"),
             ep["compute"]["address"].as_str().unwrap_or("-"),
@@ -119,9 +133,27 @@ async fn status(config: &Config, api_url: Option<String>) -> Result<()> {
             clients,
             waiting,
             servers,
+            hit_ratio,
         );
     }
-    println!("(page store and cache figures come with pagefs)");
+    match &config.compute.pageserver_url {
+        Some(url) => println!("page store: {url}"),
+        None => {
+            let dir = config.pageserver_data_dir();
+            let bytes: u64 = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            println!(
+                "page store: {:.1} MiB in {}",
+                bytes as f64 / (1 << 20) as f64,
+                dir.display()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! `lakebed pagefs`: one compute's PGDATA, mounted from the page store.
 //!
 //! The compute manager starts it with the mount's parameters as arguments (none secret),
-//! waits for the line `ready GENERATION` on standard output, and stops it with SIGTERM (or
-//! by unmounting). Logs go to standard error. The process is made non-dumpable first: it
+//! waits for the line `ready GENERATION` on standard output, reads a `stats {JSON}` line
+//! every second after it (cache and page store counters), and stops it with SIGTERM (or by
+//! unmounting). Logs go to standard error. The process is made non-dumpable first: it
 //! holds the per-boot key and plaintext pages.
 
 use anyhow::{Context, Result};
@@ -37,6 +38,19 @@ async fn serve(args: PagefsArgs) -> Result<()> {
         });
     }
     let client = PageStoreClient::new(options).context("page store client")?;
+    // The mount's steps continue the trace of the wake that started this process, if the
+    // manager passed its context (TRACEPARENT, TRACESTATE) and traces are exported.
+    let mount_span = tracing::info_span!("pagefs_mount", timeline = %args.timeline);
+    let carried: Vec<(String, String)> = ["TRACEPARENT", "TRACESTATE"]
+        .iter()
+        .filter_map(|k| Some((k.to_ascii_lowercase(), std::env::var(k).ok()?)))
+        .collect();
+    lakebed_telemetry::set_parent(&mount_span, |name| {
+        carried
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    });
     let spec = MountSpec {
         mountpoint: args.mountpoint,
         timeline,
@@ -47,10 +61,17 @@ async fn serve(args: PagefsArgs) -> Result<()> {
     pagefs::serve(
         client,
         spec,
+        mount_span,
         |generation| {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "ready {generation}");
+            let _ = out.flush();
+        },
+        |stats| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "stats {stats}");
             let _ = out.flush();
         },
         async {

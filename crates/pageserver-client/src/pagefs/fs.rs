@@ -24,7 +24,7 @@
 //! directories) stay on the compute, sealed like the cache, and never reach the page store.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -230,6 +230,17 @@ pub struct PageFs {
     fenced: AtomicBool,
     /// Woken when the dirty set passes `dirty_flush_bytes`.
     pub(crate) flush_wanted: Notify,
+    io: IoStats,
+}
+
+/// Page store traffic since mount.
+#[derive(Debug, Default)]
+struct IoStats {
+    fetches: AtomicU64,
+    fetched_pages: AtomicU64,
+    fetch_nanos: AtomicU64,
+    flushes: AtomicU64,
+    flushed_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for PageFs {
@@ -349,7 +360,32 @@ impl PageFs {
             flush_lock: tokio::sync::Mutex::new(()),
             fenced: AtomicBool::new(false),
             flush_wanted: Notify::new(),
+            io: IoStats::default(),
         })
+    }
+
+    /// The mount's counters as one JSON object: `hits`, `misses`, `evictions`,
+    /// `cached_pages` (local cache), `fetches`, `fetched_pages`, `fetch_seconds` (page store
+    /// reads), `flushes`, `flushed_bytes` (page store writes), `dirty_bytes` (not yet
+    /// flushed).
+    pub fn stats_json(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.cache.stats;
+        format!(
+            "{{\"hits\":{},\"misses\":{},\"evictions\":{},\"cached_pages\":{},\
+             \"fetches\":{},\"fetched_pages\":{},\"fetch_seconds\":{:.6},\"flushes\":{},\
+             \"flushed_bytes\":{},\"dirty_bytes\":{}}}",
+            get(&c.hits),
+            get(&c.misses),
+            get(&c.evictions),
+            self.cache.len(),
+            get(&self.io.fetches),
+            get(&self.io.fetched_pages),
+            get(&self.io.fetch_nanos) as f64 / 1e9,
+            get(&self.io.flushes),
+            get(&self.io.flushed_bytes),
+            self.dirty_bytes(),
+        )
     }
 
     /// The mount's options.
@@ -920,6 +956,7 @@ impl PageFs {
     /// # Errors
     ///
     /// `EIO` when the page store did not answer within the client's timeout.
+    #[tracing::instrument(name = "pagefs_fetch", skip_all, fields(ino, pages = need.blocks.len()))]
     pub async fn fetch(&self, ino: u64, need: Need) -> Result<Fetched, Errno> {
         let keys = need
             .blocks
@@ -928,7 +965,14 @@ impl PageFs {
             .collect();
         let started = std::time::Instant::now();
         let result = self.client.read(&self.timeline, keys, None).await;
-        metrics::histogram!("lakebed_pagefs_fetch_seconds").record(started.elapsed());
+        self.io.fetches.fetch_add(1, Ordering::Relaxed);
+        self.io
+            .fetched_pages
+            .fetch_add(need.blocks.len() as u64, Ordering::Relaxed);
+        self.io.fetch_nanos.fetch_add(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let read = result.map_err(|e| {
             tracing::error!(error = %e, ino, blocks = need.blocks.len(), "page fetch failed");
             Errno::EIO
@@ -1044,6 +1088,7 @@ impl PageFs {
         }
     }
 
+    #[tracing::instrument(name = "pagefs_flush", skip_all, fields(pages = pages.len(), records = meta.len()))]
     async fn send(
         &self,
         pages: &[((u64, u64), DirtyPage)],
@@ -1088,7 +1133,20 @@ impl PageFs {
                 .write(&self.timeline, self.generation, batch)
                 .await?;
         }
-        metrics::histogram!("lakebed_pagefs_flush_seconds").record(started.elapsed());
+        let bytes: usize = pages
+            .iter()
+            .map(|(_, d)| d.data.as_ref().map_or(0, Bytes::len))
+            .sum();
+        self.io.flushes.fetch_add(1, Ordering::Relaxed);
+        self.io
+            .flushed_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        tracing::debug!(
+            pages = pages.len(),
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "flushed"
+        );
         Ok(())
     }
 }

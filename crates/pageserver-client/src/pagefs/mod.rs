@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 use lakebed_pageserver_api::{Generation, TimelineId};
+use tracing::Instrument;
 
 use crate::rpc::{PageStoreClient, RpcError};
 
@@ -98,9 +99,11 @@ fn fresh_dir(dir: &Path) -> Result<(), MountError> {
         .map_err(local(format!("create {}", dir.display())))
 }
 
-/// Mounts `spec`, calls `ready` with the acquired generation once the mount is live, and
-/// serves until `stop` resolves (then unmounts) or someone unmounts it. Flushes everything
-/// before returning and deletes the local directory.
+/// Mounts `spec` (acquire, namespace load and mount run in `mount_span`, which ends once
+/// the mount is live), calls `ready` with the acquired generation once the mount is live, and
+/// serves until `stop` resolves (then unmounts) or someone unmounts it. Calls `on_stats` with
+/// [`PageFs::stats_json`] every second and once at the end. Flushes everything before
+/// returning and deletes the local directory.
 ///
 /// # Errors
 ///
@@ -108,12 +111,17 @@ fn fresh_dir(dir: &Path) -> Result<(), MountError> {
 pub async fn serve(
     client: PageStoreClient,
     spec: MountSpec,
+    mount_span: tracing::Span,
     ready: impl FnOnce(Generation),
+    on_stats: impl Fn(String) + Send + Sync + 'static,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), MountError> {
-    let generation = client.acquire(&spec.timeline).await?;
+    let generation = client
+        .acquire(&spec.timeline)
+        .instrument(mount_span.clone())
+        .await?;
     fresh_dir(&spec.local_dir)?;
-    let result = serve_in(client, &spec, generation, ready, stop).await;
+    let result = serve_in(client, &spec, generation, mount_span, ready, on_stats, stop).await;
     if let Err(e) = std::fs::remove_dir_all(&spec.local_dir) {
         tracing::warn!(dir = %spec.local_dir.display(), error = %e, "could not remove the local directory");
     }
@@ -124,7 +132,9 @@ async fn serve_in(
     client: PageStoreClient,
     spec: &MountSpec,
     generation: Generation,
+    mount_span: tracing::Span,
     ready: impl FnOnce(Generation),
+    on_stats: impl Fn(String) + Send + Sync + 'static,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), MountError> {
     let key = Arc::new(
@@ -145,10 +155,10 @@ async fn serve_in(
             cache,
             scratch,
         )
+        .instrument(mount_span.clone())
         .await?,
     );
     let flusher = tokio::spawn(fs::flusher(fs.clone()));
-
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("pagefs".into()),
@@ -176,8 +186,20 @@ async fn serve_in(
             let _ = done_tx.send(session.run());
         })
         .map_err(local("start the FUSE threads"))?;
-    tracing::info!(mountpoint = %spec.mountpoint.display(), %generation, "mounted");
+    tracing::info!(parent: &mount_span, mountpoint = %spec.mountpoint.display(), %generation, "mounted");
+    drop(mount_span);
     ready(generation);
+    let on_stats = Arc::new(on_stats);
+    let reporter = {
+        let (fs, on_stats) = (fs.clone(), on_stats.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                on_stats(fs.stats_json());
+            }
+        })
+    };
 
     tokio::pin!(done_rx);
     let ended = tokio::select! {
@@ -199,16 +221,13 @@ async fn serve_in(
         tracing::warn!(error = %e, "FUSE session ended with an error");
     }
     flusher.abort();
+    reporter.abort();
     // The handler flushed at destroy; this one reports whether anything is left.
-    fs.flush().await.map_err(|_| MountError::FinalFlush)?;
-    let stats = &fs.cache().stats;
-    tracing::info!(
-        hits = stats.hits.load(std::sync::atomic::Ordering::Relaxed),
-        misses = stats.misses.load(std::sync::atomic::Ordering::Relaxed),
-        evictions = stats.evictions.load(std::sync::atomic::Ordering::Relaxed),
-        "unmounted"
-    );
-    Ok(())
+    let flushed = fs.flush().await;
+    let stats = fs.stats_json();
+    tracing::info!(%stats, "unmounted");
+    on_stats(stats);
+    flushed.map_err(|_| MountError::FinalFlush)
 }
 
 /// `umount -l`: detaches a mount that a normal unmount could not remove.
