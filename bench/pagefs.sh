@@ -69,9 +69,12 @@ scan() {  # scan NAME CONNINFO -> "NAME MB SECONDS"
 for target in local pagefs; do
   conn=$LOCALC; [ $target = pagefs ] && conn=$DIRECT
   psql -XAtq "$conn" -c "create table big as select g, repeat('x', 1000) as pad from generate_series(1, $rows) g" >/dev/null
-  [ $target = pagefs ] && rewake
+  if [ $target = pagefs ]; then
+    rewake   # a new compute: empty pagefs cache, new port
+    conn=$DIRECT
+  fi
   scan "$target" "$conn"
-  [ $target = pagefs ] && scan "$target-warm" "$DIRECT"
+  [ $target = pagefs ] && scan "$target-warm" "$conn"
 done
 
 # Cold starts.

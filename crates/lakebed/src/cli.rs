@@ -104,6 +104,10 @@ pub struct PagefsArgs {
     /// EIO, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub io_timeout: std::time::Duration,
+    /// Read the tenant's DEKs from standard input (from the compute manager, never argv or
+    /// environment) and seal everything sent to the page store under them.
+    #[arg(long)]
+    pub keys_from_stdin: bool,
 }
 
 /// Policy flags shared by `endpoint create` and `endpoint set`.

@@ -680,6 +680,31 @@ impl PagefsProcess {
     /// Mounts `timeline` of the page store at `url` on `<dir>/<name>/mnt` (cache in
     /// `<dir>/<name>/local`), files owned by root, with `extra` arguments; waits for `ready`.
     pub async fn start(dir: &Path, name: &str, url: &str, timeline: &str, extra: &[&str]) -> Self {
+        Self::start_inner(dir, name, url, timeline, extra, None)
+            .await
+            .unwrap_or_else(|log| panic!("lakebed pagefs did not get ready; log:\n{log}"))
+    }
+
+    /// As [`Self::start`], with `--keys-from-stdin` and `keys` written to its standard input
+    /// (the lines the compute manager sends). `Err` carries pagefs's log if it did not mount.
+    pub async fn start_with_keys(
+        dir: &Path,
+        name: &str,
+        url: &str,
+        timeline: &str,
+        keys: &str,
+    ) -> Result<Self, String> {
+        Self::start_inner(dir, name, url, timeline, &["--keys-from-stdin"], Some(keys)).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        name: &str,
+        url: &str,
+        timeline: &str,
+        extra: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<Self, String> {
         let base = dir.join(name);
         let mountpoint = base.join("mnt");
         let local_dir = base.join("local");
@@ -694,11 +719,21 @@ impl PagefsProcess {
             .arg(&local_dir)
             .args(["--uid", "0", "--gid", "0"])
             .args(extra)
-            .stdin(Stdio::null())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("create the log file"))
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn lakebed pagefs");
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            pipe.write_all(text.as_bytes())
+                .await
+                .expect("write pagefs's keys");
+        }
         let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         let ready = timeout(DEADLINE, lines.next_line())
             .await
@@ -710,18 +745,17 @@ impl PagefsProcess {
             .and_then(|g| g.trim().parse().ok())
         else {
             let _ = child.wait().await;
-            panic!(
-                "lakebed pagefs did not get ready ({ready:?}); log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            return Err(std::fs::read_to_string(&log).unwrap_or_default());
         };
-        Self {
+        // Keep draining stdout (the stats lines) so pagefs never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
             child,
             mountpoint,
             local_dir,
             generation,
             log,
-        }
+        })
     }
 
     /// The process id.

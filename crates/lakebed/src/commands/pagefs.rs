@@ -7,6 +7,7 @@
 //! holds the per-boot key and plaintext pages.
 
 use anyhow::{Context, Result};
+use lakebed_pageserver_client::pagefs::data_key::DataKeys;
 use lakebed_pageserver_client::pagefs::{self, MountSpec, Options};
 use lakebed_pageserver_client::{ClientOptions, ClientTls, PageStoreClient};
 use tokio::signal::unix::{SignalKind, signal};
@@ -51,12 +52,22 @@ async fn serve(args: PagefsArgs) -> Result<()> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     });
+    let keys = if args.keys_from_stdin {
+        Some(
+            read_keys()
+                .await
+                .context("reading the tenant's keys from standard input")?,
+        )
+    } else {
+        None
+    };
     let spec = MountSpec {
         mountpoint: args.mountpoint,
         timeline,
         local_dir: args.local_dir,
         cache_bytes: args.cache_mib.saturating_mul(1 << 20),
         options: Options::new(args.uid, args.gid),
+        keys,
     };
     pagefs::serve(
         client,
@@ -83,4 +94,44 @@ async fn serve(args: PagefsArgs) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Reads the tenant's keys that the compute manager writes to standard input, then closes
+/// it: `tenant NAME`, `lineage TIMELINE...` (own first), one `dek VERSION BASE64` per DEK
+/// version, `end`. The DEK bytes are zeroized once the key schedules are built.
+async fn read_keys() -> Result<DataKeys> {
+    use base64::Engine;
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let (mut tenant, mut lineage, mut deks) = (None, Vec::new(), Vec::new());
+    loop {
+        let Some(line) = lines.next_line().await? else {
+            anyhow::bail!("standard input ended before \"end\"");
+        };
+        let line = zeroize::Zeroizing::new(line);
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("tenant") => tenant = words.next().map(str::to_owned),
+            Some("lineage") => lineage = words.map(str::to_owned).collect(),
+            Some("dek") => {
+                let version: u32 = words
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .context("a dek line without a version")?;
+                let raw = zeroize::Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(words.next().unwrap_or_default())
+                        .map_err(|_| anyhow::anyhow!("DEK version {version} is not base64"))?,
+                );
+                let mut key = zeroize::Zeroizing::new([0u8; 32]);
+                anyhow::ensure!(raw.len() == 32, "DEK version {version} is not 32 bytes");
+                key.copy_from_slice(&raw);
+                deks.push((version, key));
+            }
+            Some("end") => break,
+            _ => anyhow::bail!("unexpected line on standard input"),
+        }
+    }
+    let tenant = tenant.context("no tenant line")?;
+    Ok(DataKeys::new(tenant, lineage, deks)?)
 }

@@ -1,8 +1,9 @@
 //! The compute's local disk: a bounded cache of clean pages and the scratch files, every block
 //! sealed under the per-boot key ([`super::seal`]).
 //!
-//! Both are files of fixed-size slots, each slot one sealed block: [`BLOCK_SIZE`] bytes of
-//! ciphertext and the GCM tag. The nonce counter of each slot is kept in memory only, so the
+//! Both are files of fixed-size slots, each slot one sealed block: the block's bytes
+//! ([`BLOCK_SIZE`]; in the cache, the page as the page store holds it, which under a tenant
+//! DEK is [`BLOCK_SIZE`] plus that seal's overhead) encrypted, then the GCM tag. The nonce counter of each slot is kept in memory only, so the
 //! files hold nothing but ciphertext and tags.
 //!
 //! - [`Cache`]: one file of `capacity` slots; an index maps `(ino, block)` to a slot; eviction
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use super::layout::BLOCK_SIZE;
 use super::seal::{Aad, BootKey, Domain, SealError, TAG_LEN};
 
-/// Bytes of one slot on disk.
+/// Bytes of one scratch slot on disk.
 pub const SLOT_SIZE: usize = BLOCK_SIZE + TAG_LEN;
 
 /// Why a local block could not be read.
@@ -56,10 +57,11 @@ fn create_private(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn seal_block(key: &BootKey, aad: Aad, plain: &[u8]) -> (u64, Vec<u8>) {
-    let mut buf = Vec::with_capacity(SLOT_SIZE);
+/// Seals `plain`, zero-padded to `len` bytes.
+fn seal_block(key: &BootKey, aad: Aad, plain: &[u8], len: usize) -> (u64, Vec<u8>) {
+    let mut buf = Vec::with_capacity(len + TAG_LEN);
     buf.extend_from_slice(plain);
-    buf.resize(BLOCK_SIZE, 0);
+    buf.resize(len, 0);
     let counter = key.seal(aad, &mut buf);
     (counter, buf)
 }
@@ -97,6 +99,8 @@ pub struct Cache {
     file: File,
     path: PathBuf,
     capacity: usize,
+    /// Bytes of one cached page (as the page store holds it).
+    payload: usize,
     inner: Mutex<CacheInner>,
     /// Hit, miss and eviction counts.
     pub stats: CacheStats,
@@ -112,14 +116,14 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Creates the cache file at `path` (which must not exist) with room for
-    /// `bytes / SLOT_SIZE` pages (at least 16).
+    /// Creates the cache file at `path` (which must not exist) for pages of `payload` bytes,
+    /// with room for `bytes / (payload + 16)` of them (at least 16).
     ///
     /// # Errors
     ///
     /// The file exists or cannot be created.
-    pub fn create(path: &Path, bytes: u64, key: Arc<BootKey>) -> io::Result<Self> {
-        let capacity = usize::try_from(bytes / SLOT_SIZE as u64)
+    pub fn create(path: &Path, bytes: u64, payload: usize, key: Arc<BootKey>) -> io::Result<Self> {
+        let capacity = usize::try_from(bytes / (payload + TAG_LEN) as u64)
             .unwrap_or(usize::MAX)
             .max(16);
         let file = create_private(path)?;
@@ -128,6 +132,7 @@ impl Cache {
             file,
             path: path.to_owned(),
             capacity,
+            payload,
             inner: Mutex::new(CacheInner {
                 index: HashMap::new(),
                 slots: Vec::new(),
@@ -164,9 +169,10 @@ impl Cache {
             if let Some(Some((_, referenced))) = inner.slots.get_mut(slot) {
                 *referenced = true;
             }
-            let mut raw = vec![0u8; SLOT_SIZE];
+            let slot_size = self.payload + TAG_LEN;
+            let mut raw = vec![0u8; slot_size];
             self.file
-                .read_exact_at(&mut raw, (slot * SLOT_SIZE) as u64)?;
+                .read_exact_at(&mut raw, (slot * slot_size) as u64)?;
             (counter, raw)
         };
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +185,7 @@ impl Cache {
         }
     }
 
-    /// Caches `page` (at most [`BLOCK_SIZE`] bytes; shorter is zero-padded) as `(ino, block)`,
+    /// Caches `page` (at most the payload size; shorter is zero-padded) as `(ino, block)`,
     /// replacing any older copy and evicting another page if full.
     ///
     /// # Errors
@@ -191,7 +197,7 @@ impl Cache {
             ino,
             block,
         };
-        let (counter, sealed) = seal_block(&self.key, aad, page);
+        let (counter, sealed) = seal_block(&self.key, aad, page, self.payload);
         let mut inner = lock(&self.inner);
         let slot = match inner.index.get(&(ino, block)) {
             Some(&(slot, _)) => slot,
@@ -199,7 +205,10 @@ impl Cache {
         };
         // Unindex first: if the write fails the slot holds nothing readable.
         inner.index.remove(&(ino, block));
-        if let Err(e) = self.file.write_all_at(&sealed, (slot * SLOT_SIZE) as u64) {
+        if let Err(e) = self
+            .file
+            .write_all_at(&sealed, (slot * (self.payload + TAG_LEN)) as u64)
+        {
             inner.slots[slot] = None;
             inner.free.push(slot);
             return Err(e);
@@ -338,7 +347,7 @@ impl Scratch {
             ino,
             block,
         };
-        let (counter, sealed) = seal_block(&self.key, aad, page);
+        let (counter, sealed) = seal_block(&self.key, aad, page, BLOCK_SIZE);
         let mut files = lock(&self.files);
         let f = match files.entry(ino) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

@@ -34,6 +34,7 @@ use lakebed_pageserver_api::{Generation, TimelineId};
 use tokio::sync::Notify;
 
 use super::cache::{Cache, LocalError, Scratch};
+use super::data_key::{DataKeys, ValueKind};
 use super::layout::{self, BLOCK_SIZE, InodeRecord, Kind, ROOT_INO, blocks_for};
 use crate::rpc::{PageStoreClient, RpcError, WriteBatch};
 
@@ -231,6 +232,8 @@ pub struct PageFs {
     /// Woken when the dirty set passes `dirty_flush_bytes`.
     pub(crate) flush_wanted: Notify,
     io: IoStats,
+    /// The tenant's DEKs: values are sealed before they leave; `None`: sent as they are.
+    keys: Option<Arc<DataKeys>>,
 }
 
 /// Page store traffic since mount.
@@ -280,7 +283,16 @@ impl PageFs {
         options: Options,
         cache: Cache,
         scratch: Scratch,
+        keys: Option<DataKeys>,
     ) -> Result<Self, RpcError> {
+        let unsealed = |kind: ValueKind, v: &Bytes| -> Result<Bytes, RpcError> {
+            match &keys {
+                None => Ok(v.clone()),
+                Some(k) => k.open(kind, v).map_err(|e| {
+                    RpcError::Protocol(format!("a namespace record under the tenant's key: {e}"))
+                }),
+            }
+        };
         let (start, end) = layout::inode_range();
         let (seq, records) = client.scan_all(&timeline, &start, Some(&end), None).await?;
         let (start, end) = layout::dirent_range();
@@ -290,8 +302,11 @@ impl PageFs {
 
         let mut nodes = HashMap::new();
         for (k, v) in &records {
-            let (Some(ino), Some(rec)) = (layout::parse_inode_key(k), InodeRecord::decode(v))
-            else {
+            let rec = layout::parse_inode_key(k).map(|ino| {
+                let v = unsealed(ValueKind::Inode { ino }, v);
+                v.map(|v| InodeRecord::decode(&v).map(|rec| (ino, rec)))
+            });
+            let Some(Some((ino, rec))) = rec.transpose()? else {
                 return Err(RpcError::Protocol(format!(
                     "undecodable inode record {k:?}"
                 )));
@@ -325,7 +340,19 @@ impl PageFs {
             state.inodes.insert(ROOT_INO, v);
         }
         for (k, v) in &dirents {
-            let Some((parent, name, child)) = layout::parse_dirent(k, v) else {
+            let entry = match (&keys, layout::parse_dirent_key(k)) {
+                (Some(_), Some((parent, mac))) => {
+                    let name_mac: [u8; 16] = mac.try_into().map_err(|_| {
+                        RpcError::Protocol(format!("undecodable directory entry {k:?}"))
+                    })?;
+                    let v = unsealed(ValueKind::Dirent { parent, name_mac }, v)?;
+                    layout::parse_sealed_dirent_value(&v)
+                        .map(|(child, name)| (parent, name.to_vec(), child))
+                }
+                (None, _) => layout::parse_dirent(k, v),
+                (Some(_), None) => None,
+            };
+            let Some((parent, name, child)) = entry else {
                 return Err(RpcError::Protocol(format!(
                     "undecodable directory entry {k:?}"
                 )));
@@ -361,6 +388,7 @@ impl PageFs {
             fenced: AtomicBool::new(false),
             flush_wanted: Notify::new(),
             io: IoStats::default(),
+            keys: keys.map(Arc::new),
         })
     }
 
@@ -733,7 +761,7 @@ impl PageFs {
             } else if let Some(d) = st.pages.get(&(ino, b)) {
                 Local::Known(d.data.clone().unwrap_or_else(zeros))
             } else if let Some(p) = self.cache.get(ino, b).map_err(|e| local_error(&e))? {
-                Local::Known(p)
+                Local::Known(self.open_stored(ino, b, &p)?)
             } else if let Some(p) = fetched.pages.get(&b).filter(|_| use_fetched) {
                 Local::Known(p.clone())
             } else {
@@ -977,16 +1005,24 @@ impl PageFs {
             tracing::error!(error = %e, ino, blocks = need.blocks.len(), "page fetch failed");
             Errno::EIO
         })?;
-        let pages: HashMap<u64, Bytes> = need
-            .blocks
-            .iter()
-            .zip(read.values)
-            .map(|(&b, v)| (b, v.unwrap_or_else(zeros)))
-            .collect();
+        let stored: Vec<(u64, Option<Bytes>)> =
+            need.blocks.iter().copied().zip(read.values).collect();
+        let mut pages = HashMap::with_capacity(stored.len());
+        for (b, v) in &stored {
+            let page = match v {
+                Some(v) => self.open_stored(ino, *b, v)?,
+                None => zeros(),
+            };
+            pages.insert(*b, page);
+        }
         let st = lock(&self.state);
         if st.nodes.get(&ino).is_some_and(|n| n.writes == need.writes) {
-            for (&b, p) in &pages {
-                if let Err(e) = self.cache.insert(ino, b, p) {
+            // Cached as the page store holds them: sealed under the DEK, and then again
+            // under the per-boot key by the cache. Holes are not cached.
+            for (b, v) in &stored {
+                if let Some(v) = v
+                    && let Err(e) = self.cache.insert(ino, *b, v)
+                {
                     tracing::warn!(error = %e, "local cache write failed");
                 }
             }
@@ -995,6 +1031,46 @@ impl PageFs {
             writes: need.writes,
             pages,
         })
+    }
+
+    /// A page as the page store holds it (sealed under the DEK, or plain), opened.
+    fn open_stored(&self, ino: u64, block: u64, stored: &[u8]) -> Result<Bytes, Errno> {
+        match &self.keys {
+            None => Ok(Bytes::copy_from_slice(stored)),
+            Some(k) => k.open(ValueKind::Page { ino, block }, stored).map_err(|e| {
+                tracing::error!(ino, block, error = %e,
+                    "a page does not open under the tenant's key: failing the read with EIO");
+                Errno::EIO
+            }),
+        }
+    }
+
+    /// A namespace value as the page store will hold it.
+    fn seal(&self, kind: ValueKind, plain: Bytes) -> Bytes {
+        match &self.keys {
+            None => plain,
+            Some(k) => k.seal(kind, &plain),
+        }
+    }
+
+    /// A directory entry's key and value (`None`: deleted) as the page store holds them.
+    fn dirent_entry(&self, parent: u64, name: &[u8], child: Option<u64>) -> (Bytes, Option<Bytes>) {
+        match &self.keys {
+            None => (
+                layout::dirent_key(parent, name),
+                child.map(layout::dirent_value),
+            ),
+            Some(k) => {
+                let name_mac = k.name_mac(name);
+                let value = child.map(|c| {
+                    k.seal(
+                        ValueKind::Dirent { parent, name_mac },
+                        &layout::sealed_dirent_value(c, name),
+                    )
+                });
+                (layout::dirent_key(parent, &name_mac), value)
+            }
+        }
     }
 
     /// Sends everything dirty to the page store; returns once it is durable there.
@@ -1018,7 +1094,7 @@ impl PageFs {
                     .nodes
                     .get(&ino)
                     .filter(|n| n.linked && !n.scratch)
-                    .map(|n| n.rec.encode());
+                    .map(|n| self.seal(ValueKind::Inode { ino }, n.rec.encode()));
                 meta.push((layout::inode_key(ino), rec, Version::Inode(ino, v)));
             }
             for ((parent, name), &v) in &st.dirents {
@@ -1026,20 +1102,32 @@ impl PageFs {
                     .nodes
                     .get(parent)
                     .and_then(|p| p.children.get(name))
-                    .map(|&c| layout::dirent_value(c));
-                meta.push((
-                    layout::dirent_key(*parent, name),
-                    child,
-                    Version::Dirent(*parent, name.clone(), v),
-                ));
+                    .copied();
+                let (key, value) = self.dirent_entry(*parent, name, child);
+                meta.push((key, value, Version::Dirent(*parent, name.clone(), v)));
             }
             (pages, meta, std::mem::take(&mut st.dead))
         };
-        let result = self.send(&pages, &meta, &dead).await;
+        // Pages are sealed outside the lock; the sealed bytes are what the cache keeps.
+        let stored: Vec<Option<Bytes>> = pages
+            .iter()
+            .map(|((ino, b), d)| {
+                d.data.clone().map(|p| {
+                    self.seal(
+                        ValueKind::Page {
+                            ino: *ino,
+                            block: *b,
+                        },
+                        p,
+                    )
+                })
+            })
+            .collect();
+        let result = self.send(&pages, &stored, &meta, &dead).await;
         let mut st = lock(&self.state);
         match result {
             Ok(()) => {
-                for ((ino, b), d) in &pages {
+                for (((ino, b), d), stored) in pages.iter().zip(&stored) {
                     if st
                         .pages
                         .get(&(*ino, *b))
@@ -1047,7 +1135,7 @@ impl PageFs {
                     {
                         st.pages.remove(&(*ino, *b));
                         st.page_bytes -= d.data.as_ref().map_or(0, Bytes::len);
-                        if let Some(data) = &d.data
+                        if let Some(data) = stored
                             && let Err(e) = self.cache.insert(*ino, *b, data)
                         {
                             tracing::warn!(error = %e, "local cache write failed");
@@ -1092,15 +1180,19 @@ impl PageFs {
     async fn send(
         &self,
         pages: &[((u64, u64), DirtyPage)],
+        stored: &[Option<Bytes>],
         meta: &[(Bytes, Option<Bytes>, Version)],
         dead: &[(u64, u64)],
     ) -> Result<(), RpcError> {
         let started = std::time::Instant::now();
-        for chunk in pages.chunks(PAGE_BATCH_KEYS) {
+        for (chunk, values) in pages
+            .chunks(PAGE_BATCH_KEYS)
+            .zip(stored.chunks(PAGE_BATCH_KEYS))
+        {
             let mut batch = WriteBatch::new();
-            for ((ino, b), d) in chunk {
+            for (((ino, b), _), value) in chunk.iter().zip(values) {
                 let key = layout::page_key(*ino, *b);
-                batch = match &d.data {
+                batch = match value {
                     Some(data) => batch.put(key, data.clone()),
                     None => batch.delete(key),
                 };

@@ -8,6 +8,10 @@
 //! |---------------------------------------|-----------------------------------------|
 //! | `i` ino (u64 BE)                      | the inode record ([`InodeRecord`])      |
 //! | `d` parent ino (u64 BE) name bytes    | the child's ino (u64 BE)                |
+//!
+//! Under a tenant DEK ([`super::data_key`]) every value is sealed, and a directory entry's key
+//! holds a 16-byte HMAC of the name instead of the name; its value is then the child's ino
+//! followed by the name.
 //! | `p` ino (u64 BE) block (u64 BE)       | the block: [`BLOCK_SIZE`] bytes         |
 //!
 //! A block that has no key reads as zeros (a hole). Inode numbers are never reused: a compute
@@ -82,6 +86,31 @@ pub fn parse_dirent(key: &[u8], value: &[u8]) -> Option<(u64, Vec<u8>, u64)> {
     let parent = u64::from_be_bytes(key[1..9].try_into().ok()?);
     let child = u64::from_be_bytes(value.try_into().ok()?);
     Some((parent, key[9..].to_vec(), child))
+}
+
+/// Splits a directory entry key into the parent and the rest (the name, or under a DEK the
+/// name's 16-byte HMAC).
+pub fn parse_dirent_key(key: &[u8]) -> Option<(u64, &[u8])> {
+    if key.len() < 10 || key[0] != DIRENT {
+        return None;
+    }
+    Some((u64::from_be_bytes(key[1..9].try_into().ok()?), &key[9..]))
+}
+
+/// The plaintext of a sealed directory entry's value: the child's ino, then the name.
+pub fn sealed_dirent_value(child: u64, name: &[u8]) -> Bytes {
+    let mut v = BytesMut::with_capacity(8 + name.len());
+    v.put_u64(child);
+    v.put_slice(name);
+    v.freeze()
+}
+
+/// Parses [`sealed_dirent_value`]'s output into `(child, name)`.
+pub fn parse_sealed_dirent_value(v: &[u8]) -> Option<(u64, &[u8])> {
+    if v.len() < 9 {
+        return None;
+    }
+    Some((u64::from_be_bytes(v[..8].try_into().ok()?), &v[8..]))
 }
 
 /// Encodes a directory entry's value.

@@ -17,6 +17,7 @@
 //! sent from any thread, which lets a page fetch wait on a tokio task.
 
 pub mod cache;
+pub mod data_key;
 pub mod fs;
 pub mod fuse;
 pub mod layout;
@@ -40,7 +41,7 @@ pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 const FUSE_THREADS: usize = 4;
 
 /// What one mount needs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MountSpec {
     /// Where to mount (an existing empty directory).
     pub mountpoint: PathBuf,
@@ -53,6 +54,8 @@ pub struct MountSpec {
     pub cache_bytes: u64,
     /// Owner, group and flush tuning.
     pub options: Options,
+    /// The tenant's DEKs, to seal everything sent to the page store; `None`: sent plain.
+    pub keys: Option<data_key::DataKeys>,
 }
 
 /// Why a mount failed or ended badly.
@@ -110,7 +113,7 @@ fn fresh_dir(dir: &Path) -> Result<(), MountError> {
 /// [`MountError`]; on [`MountError::FinalFlush`] the caller should exit non-zero.
 pub async fn serve(
     client: PageStoreClient,
-    spec: MountSpec,
+    mut spec: MountSpec,
     mount_span: tracing::Span,
     ready: impl FnOnce(Generation),
     on_stats: impl Fn(String) + Send + Sync + 'static,
@@ -121,16 +124,22 @@ pub async fn serve(
         .instrument(mount_span.clone())
         .await?;
     fresh_dir(&spec.local_dir)?;
-    let result = serve_in(client, &spec, generation, mount_span, ready, on_stats, stop).await;
+    let keys = spec.keys.take();
+    let result = serve_in(
+        client, &spec, keys, generation, mount_span, ready, on_stats, stop,
+    )
+    .await;
     if let Err(e) = std::fs::remove_dir_all(&spec.local_dir) {
         tracing::warn!(dir = %spec.local_dir.display(), error = %e, "could not remove the local directory");
     }
     result
 }
 
+#[allow(clippy::too_many_arguments)] // one call site, each argument a different thing
 async fn serve_in(
     client: PageStoreClient,
     spec: &MountSpec,
+    keys: Option<data_key::DataKeys>,
     generation: Generation,
     mount_span: tracing::Span,
     ready: impl FnOnce(Generation),
@@ -143,8 +152,19 @@ async fn serve_in(
     );
     let scratch_dir = spec.local_dir.join("scratch");
     fresh_dir(&scratch_dir)?;
-    let cache = cache::Cache::create(&spec.local_dir.join("cache"), spec.cache_bytes, key.clone())
-        .map_err(local("create the cache file"))?;
+    let payload = layout::BLOCK_SIZE
+        + if keys.is_some() {
+            data_key::SEAL_OVERHEAD
+        } else {
+            0
+        };
+    let cache = cache::Cache::create(
+        &spec.local_dir.join("cache"),
+        spec.cache_bytes,
+        payload,
+        key.clone(),
+    )
+    .map_err(local("create the cache file"))?;
     let scratch = cache::Scratch::new(&scratch_dir, key);
     let fs = Arc::new(
         PageFs::load(
@@ -154,6 +174,7 @@ async fn serve_in(
             spec.options.clone(),
             cache,
             scratch,
+            keys,
         )
         .instrument(mount_span.clone())
         .await?,
