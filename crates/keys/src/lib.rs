@@ -43,10 +43,14 @@
 //! [`KmsFuture`].
 
 mod error;
+mod local;
 mod provider;
 mod types;
 
 pub use error::KmsError;
+pub use local::{
+    DEVELOPMENT_ONLY_WARNING, LOCAL_KEY_ALIAS, LOCAL_KEY_ID, LocalKms, MASTER_KEY_LEN,
+};
 pub use provider::{KmsFuture, KmsProvider};
 pub use types::{
     CONTEXT_PURPOSE, CONTEXT_TENANT, DEK_LEN, Dek, EncryptionContext, KeyInfo, KeyState,
