@@ -42,11 +42,13 @@
 //! No `async-trait`: the boxed-future signature it would generate is written out once as
 //! [`KmsFuture`].
 
+mod aws;
 mod error;
 mod local;
 mod provider;
 mod types;
 
+pub use aws::{ATTEMPT_TIMEOUT, AwsKms, CONNECT_TIMEOUT, OPERATION_TIMEOUT, default_timeouts};
 pub use error::KmsError;
 pub use local::{
     DEVELOPMENT_ONLY_WARNING, LOCAL_KEY_ALIAS, LOCAL_KEY_ID, LocalKms, MASTER_KEY_LEN,
@@ -56,3 +58,9 @@ pub use types::{
     CONTEXT_PURPOSE, CONTEXT_TENANT, DEK_LEN, Dek, EncryptionContext, KeyInfo, KeyState,
     RotateOutcome, WrappedDek,
 };
+
+/// Re-exported so callers can build an [`aws_config::SdkConfig`] for [`AwsKms::with_config`]
+/// and call the SDK directly (e.g. tests creating keys) with the same versions.
+pub use aws_config;
+/// See [`aws_config`].
+pub use aws_sdk_kms;
