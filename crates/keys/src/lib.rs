@@ -42,12 +42,14 @@
 //! No `async-trait`: the boxed-future signature it would generate is written out once as
 //! [`KmsFuture`].
 
+mod audit;
 mod aws;
 mod error;
 mod local;
 mod provider;
 mod types;
 
+pub use audit::{AuditError, AuditEvent, AuditLog, AuditOperation, AuditOutcome};
 pub use aws::{ATTEMPT_TIMEOUT, AwsKms, CONNECT_TIMEOUT, OPERATION_TIMEOUT, default_timeouts};
 pub use error::KmsError;
 pub use local::{
