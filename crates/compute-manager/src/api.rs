@@ -81,6 +81,11 @@ pub fn router(manager: Manager, token: &str) -> Router {
             post(set_password),
         )
         .route("/v1/endpoints/{ep}/roles/{role}/secret", get(role_secret))
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{t}/keys", get(show_keys))
+        .route("/v1/tenants/{t}/keys/rotate", post(rotate_keys))
+        .route("/v1/tenants/{t}/keys/set-cmk", post(set_cmk))
+        .route("/v1/tenants/{t}/keys/rekey", post(rekey))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(
@@ -199,6 +204,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn endpoint_name(text: &str) -> ApiResult<EndpointName> {
     text.parse::<EndpointName>()
+        .map_err(|e| ManagerError::from(e).into())
+}
+
+fn tenant_name(text: &str) -> ApiResult<TenantName> {
+    text.parse::<TenantName>()
         .map_err(|e| ManagerError::from(e).into())
 }
 
@@ -451,4 +461,77 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
+}
+
+/// Body of `POST /v1/tenants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    name: String,
+    /// The CMK (key id, ARN or alias); default: `keys.default_kms_key_id`.
+    kms_key_id: Option<String>,
+}
+
+/// Body of `POST /v1/tenants/{t}/keys/set-cmk`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetCmk {
+    kms_key_id: String,
+}
+
+async fn list_tenants(
+    State(s): State<AppState>,
+) -> ApiResult<Json<Vec<crate::catalog::TenantRecord>>> {
+    Ok(Json(s.manager.catalog().tenants()?))
+}
+
+async fn create_tenant(
+    State(s): State<AppState>,
+    body: Result<Json<CreateTenant>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<crate::catalog::TenantRecord>)> {
+    let Json(body) = body?;
+    let name = tenant_name(&body.name)?;
+    let record = s
+        .manager
+        .create_tenant(&name, body.kms_key_id.as_deref())
+        .await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn show_keys(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> ApiResult<Json<crate::KeysView>> {
+    Ok(Json(s.manager.keys_show(&tenant_name(&t)?).await?))
+}
+
+async fn rotate_keys(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(s.manager.keys_rotate(&tenant_name(&t)?).await?))
+}
+
+async fn set_cmk(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+    body: Result<Json<SetCmk>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(body) = body?;
+    Ok(Json(
+        s.manager
+            .keys_set_cmk(&tenant_name(&t)?, &body.kms_key_id)
+            .await?,
+    ))
+}
+
+async fn rekey(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let version = s.manager.keys_rekey(&tenant_name(&t)?).await?;
+    Ok(Json(json!({
+        "dek_version": version,
+        "note": "computes seal new writes under it from their next wake"
+    })))
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::ManagerError;
 use crate::verifier::Verifier;
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE tenants (
@@ -64,6 +64,22 @@ ALTER TABLE endpoints ADD COLUMN timeline TEXT;
 UPDATE endpoints SET timeline = 'ep-' || lower(hex(randomblob(8))) WHERE timeline IS NULL;
 ";
 
+/// Version 3 to 4: each tenant's CMK (`kms_key_id`; NULL for tenants made before, whose
+/// pages stay unsealed) and its data encryption keys, stored only wrapped by the CMK.
+const MIGRATE_3_TO_4: &str = "
+ALTER TABLE tenants ADD COLUMN kms_key_id TEXT;
+ALTER TABLE tenants ADD COLUMN rotated_at TEXT;
+CREATE TABLE deks (
+    tenant        TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    version       INTEGER NOT NULL,
+    wrapped       BLOB NOT NULL,          -- the DEK encrypted by the CMK, never in the clear
+    wrapped_by    TEXT NOT NULL,          -- the CMK (ARN) that wrapped it
+    created_at    TEXT NOT NULL,
+    rewrapped_at  TEXT,
+    PRIMARY KEY (tenant, version)
+);
+";
+
 /// An endpoint as the catalog holds it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EndpointRecord {
@@ -79,6 +95,35 @@ pub struct EndpointRecord {
     pub created_at: DateTime<Utc>,
     /// Its timeline in the page store: `ep-` and 16 random hex digits.
     pub timeline: String,
+}
+
+/// A tenant as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantRecord {
+    /// Its name.
+    pub name: TenantName,
+    /// Its CMK (KMS key id, ARN or alias); `None` for tenants made before keys existed,
+    /// whose pages are not sealed.
+    pub kms_key_id: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its CMK was last rotated through Lakebed.
+    pub rotated_at: Option<DateTime<Utc>>,
+}
+
+/// One version of a tenant's data encryption key, as stored: wrapped only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DekRecord {
+    /// The version (1, 2, ...); the highest seals new writes.
+    pub version: u32,
+    /// The DEK encrypted by the CMK (KMS ciphertext blob).
+    pub wrapped: Vec<u8>,
+    /// The CMK (ARN) that wrapped it.
+    pub wrapped_by: String,
+    /// When the version was made.
+    pub created_at: DateTime<Utc>,
+    /// When it was last re-wrapped (rotate, set-cmk).
+    pub rewrapped_at: Option<DateTime<Utc>>,
 }
 
 /// A role as the catalog holds it.
@@ -131,7 +176,7 @@ impl Catalog {
         conn.busy_timeout(Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
-            0..=2 => {
+            0..=3 => {
                 let tx = conn.unchecked_transaction()?;
                 if version == 0 {
                     tx.execute_batch(SCHEMA)?;
@@ -139,7 +184,10 @@ impl Catalog {
                 if version <= 1 {
                     tx.execute_batch(MIGRATE_1_TO_2)?;
                 }
-                tx.execute_batch(MIGRATE_2_TO_3)?;
+                if version <= 2 {
+                    tx.execute_batch(MIGRATE_2_TO_3)?;
+                }
+                tx.execute_batch(MIGRATE_3_TO_4)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
@@ -162,13 +210,145 @@ impl Catalog {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates the tenant if it does not exist. Returns whether it was created.
-    pub fn ensure_tenant(&self, name: &TenantName) -> Result<bool, ManagerError> {
+    /// Creates the tenant if it does not exist, with CMK `kms_key_id` (`None`: its pages are
+    /// not sealed). Returns whether it was created.
+    pub fn ensure_tenant(
+        &self,
+        name: &TenantName,
+        kms_key_id: Option<&str>,
+    ) -> Result<bool, ManagerError> {
         let n = self.conn().execute(
-            "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)",
-            params![name.as_str(), now()],
+            "INSERT OR IGNORE INTO tenants (name, created_at, kms_key_id) VALUES (?1, ?2, ?3)",
+            params![name.as_str(), now(), kms_key_id],
         )?;
         Ok(n == 1)
+    }
+
+    /// Creates a tenant whose data is sealed under CMK `kms_key_id`, with its first DEK
+    /// (version 1, wrapped by `wrapped_by`), in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::TenantExists`].
+    pub fn create_tenant(
+        &self,
+        name: &TenantName,
+        kms_key_id: &str,
+        first_dek: &[u8],
+        wrapped_by: &str,
+    ) -> Result<TenantRecord, ManagerError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO tenants (name, created_at, kms_key_id) VALUES (?1, ?2, ?3)",
+            params![name.as_str(), now(), kms_key_id],
+        )?;
+        if inserted == 0 {
+            return Err(ManagerError::TenantExists(name.to_string()));
+        }
+        tx.execute(
+            "INSERT INTO deks (tenant, version, wrapped, wrapped_by, created_at) VALUES (?1, 1, ?2, ?3, ?4)",
+            params![name.as_str(), first_dek, wrapped_by, now()],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        self.tenant(name)
+    }
+
+    /// One tenant.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::TenantNotFound`].
+    pub fn tenant(&self, name: &TenantName) -> Result<TenantRecord, ManagerError> {
+        self.conn()
+            .query_row(
+                "SELECT name, kms_key_id, created_at, rotated_at FROM tenants WHERE name = ?1",
+                [name.as_str()],
+                tenant_row,
+            )
+            .optional()?
+            .ok_or_else(|| ManagerError::TenantNotFound(name.to_string()))
+    }
+
+    /// Every tenant, by name.
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, ManagerError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, kms_key_id, created_at, rotated_at FROM tenants ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], tenant_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A tenant's wrapped DEKs, oldest version first.
+    pub fn deks(&self, tenant: &TenantName) -> Result<Vec<DekRecord>, ManagerError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT version, wrapped, wrapped_by, created_at, rewrapped_at FROM deks \
+             WHERE tenant = ?1 ORDER BY version",
+        )?;
+        let rows = stmt.query_map([tenant.as_str()], |r| {
+            Ok(DekRecord {
+                version: r.get(0)?,
+                wrapped: r.get(1)?,
+                wrapped_by: r.get(2)?,
+                created_at: time_col(r, 3)?,
+                rewrapped_at: r
+                    .get::<_, Option<String>>(4)?
+                    .and_then(|t| t.parse::<DateTime<Utc>>().ok()),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Adds DEK `version` for `tenant` (a rekey), wrapped by `wrapped_by`.
+    pub fn add_dek(
+        &self,
+        tenant: &TenantName,
+        version: u32,
+        wrapped: &[u8],
+        wrapped_by: &str,
+    ) -> Result<(), ManagerError> {
+        self.conn().execute(
+            "INSERT INTO deks (tenant, version, wrapped, wrapped_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![tenant.as_str(), version, wrapped, wrapped_by, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces every wrapped DEK of `tenant` with its re-wrapping `(version, wrapped,
+    /// wrapped_by)` and sets the tenant's CMK to `kms_key_id`, in one transaction; with
+    /// `rotated`, records the time as its last rotation.
+    pub fn rewrap_deks(
+        &self,
+        tenant: &TenantName,
+        kms_key_id: &str,
+        rewrapped: &[(u32, Vec<u8>, String)],
+        rotated: bool,
+    ) -> Result<(), ManagerError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let at = now();
+        for (version, wrapped, by) in rewrapped {
+            tx.execute(
+                "UPDATE deks SET wrapped = ?3, wrapped_by = ?4, rewrapped_at = ?5 \
+                 WHERE tenant = ?1 AND version = ?2",
+                params![tenant.as_str(), version, wrapped, by, at],
+            )?;
+        }
+        tx.execute(
+            "UPDATE tenants SET kms_key_id = ?2 WHERE name = ?1",
+            params![tenant.as_str(), kms_key_id],
+        )?;
+        if rotated {
+            tx.execute(
+                "UPDATE tenants SET rotated_at = ?2 WHERE name = ?1",
+                params![tenant.as_str(), at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Creates an endpoint owned by `tenant`.
@@ -495,6 +675,17 @@ fn ensure_endpoint(conn: &Connection, endpoint: &EndpointName) -> Result<(), Man
     }
 }
 
+fn tenant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRecord> {
+    Ok(TenantRecord {
+        name: parse_col(r, 0)?,
+        kms_key_id: r.get(1)?,
+        created_at: time_col(r, 2)?,
+        rotated_at: r
+            .get::<_, Option<String>>(3)?
+            .and_then(|t| t.parse::<DateTime<Utc>>().ok()),
+    })
+}
+
 fn endpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRecord> {
     let policy: String = r.get(2)?;
     Ok(EndpointRecord {
@@ -580,8 +771,8 @@ mod tests {
         let v = Verifier::from_password("pw");
         {
             let c = Catalog::open(&path).unwrap();
-            assert!(c.ensure_tenant(&t).unwrap());
-            assert!(!c.ensure_tenant(&t).unwrap());
+            assert!(c.ensure_tenant(&t, None).unwrap());
+            assert!(!c.ensure_tenant(&t, None).unwrap());
             c.create_endpoint(&e, &t, &policy).unwrap();
             c.create_role(&e, &r, &v).unwrap();
             assert_eq!(
@@ -623,7 +814,7 @@ mod tests {
             Err(ManagerError::TenantNotFound(_))
         ));
         assert!(c.endpoints().unwrap().is_empty());
-        c.ensure_tenant(&t).unwrap();
+        c.ensure_tenant(&t, None).unwrap();
         c.create_endpoint(&e, &t, &policy).unwrap();
         assert!(matches!(
             c.create_endpoint(&e, &t, &policy),

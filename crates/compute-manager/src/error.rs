@@ -21,6 +21,13 @@ pub enum ErrorCode {
     RoleExists,
     /// The named tenant is not in the catalog. HTTP 404.
     TenantNotFound,
+    /// A tenant with that name already exists. HTTP 409.
+    TenantExists,
+    /// The tenant's CMK cannot be used (disabled, pending deletion, not found): nothing of
+    /// the tenant can be read or started. HTTP 503; the proxy answers 57P03.
+    KeyUnavailable,
+    /// The KMS could not be reached or refused the call for another reason. HTTP 503.
+    KmsFailed,
     /// A name, duration, window or body field is malformed. HTTP 400.
     InvalidInput,
     /// The bearer token is missing or wrong. HTTP 401.
@@ -72,6 +79,32 @@ pub enum ManagerError {
     /// The tenant is not in the catalog.
     #[error("tenant \"{0}\" does not exist")]
     TenantNotFound(String),
+    /// A tenant with that name already exists.
+    #[error("tenant \"{0}\" already exists")]
+    TenantExists(String),
+    /// The tenant's CMK is in a state that forbids its use. The message names the key and
+    /// its state, never key material.
+    #[error(
+        "the key of tenant \"{tenant}\" ({key_id}) is {state}: its data cannot be read until the key is enabled again"
+    )]
+    KeyUnavailable {
+        /// Tenant.
+        tenant: String,
+        /// The CMK's id or ARN.
+        key_id: String,
+        /// Its state, as KMS names it (e.g. `Disabled`, `PendingDeletion`).
+        state: String,
+    },
+    /// A KMS call failed for another reason (unreachable, access denied, bad ciphertext).
+    #[error("KMS ({operation}) for tenant \"{tenant}\": {reason}")]
+    KmsFailed {
+        /// Tenant.
+        tenant: String,
+        /// What was being done.
+        operation: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
     /// A name failed validation.
     #[error(transparent)]
     InvalidName(#[from] NameError),
@@ -152,6 +185,9 @@ impl ManagerError {
             Self::RoleNotFound { .. } => ErrorCode::RoleNotFound,
             Self::RoleExists { .. } => ErrorCode::RoleExists,
             Self::TenantNotFound(_) => ErrorCode::TenantNotFound,
+            Self::TenantExists(_) => ErrorCode::TenantExists,
+            Self::KeyUnavailable { .. } => ErrorCode::KeyUnavailable,
+            Self::KmsFailed { .. } => ErrorCode::KmsFailed,
             Self::InvalidName(_) | Self::InvalidInput(_) => ErrorCode::InvalidInput,
             Self::NoFreePort { .. } => ErrorCode::NoFreePort,
             Self::PostgresNotFound { .. } | Self::NoSuchOsUser(_) => ErrorCode::PostgresNotFound,
@@ -175,11 +211,15 @@ impl ErrorCode {
             Self::EndpointNotFound | Self::RoleNotFound | Self::TenantNotFound | Self::NotFound => {
                 404
             }
-            Self::EndpointExists | Self::RoleExists => 409,
+            Self::EndpointExists | Self::RoleExists | Self::TenantExists => 409,
             Self::InvalidInput => 400,
             Self::Unauthorized => 401,
             Self::MethodNotAllowed => 405,
-            Self::ComputeStartFailed | Self::NoFreePort | Self::ShuttingDown => 503,
+            Self::ComputeStartFailed
+            | Self::NoFreePort
+            | Self::ShuttingDown
+            | Self::KeyUnavailable
+            | Self::KmsFailed => 503,
             Self::PostgresNotFound | Self::Internal => 500,
         }
     }

@@ -30,8 +30,10 @@ pub mod manager;
 pub mod postgres;
 pub mod reconcile;
 pub mod storage;
+pub mod tenant_keys;
 pub mod verifier;
 
 pub use error::{ErrorCode, ManagerError};
 pub use manager::{ComputeTls, Manager, ManagerOptions, WakeOutcome};
 pub use storage::{PageStoreOptions, PagefsStats};
+pub use tenant_keys::{KeyOptions, KeysView};

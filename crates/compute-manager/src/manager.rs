@@ -36,6 +36,7 @@ use crate::postgres::sql::{self, Activity, QUERY_TIMEOUT};
 use crate::postgres::{EndpointDir, OsUser, PgInstall, Postmaster, StartError};
 use crate::reconcile;
 use crate::storage::{PageStoreOptions, Pagefs, PagefsStats, Storage};
+use crate::tenant_keys::{KeyOptions, KeysView, TenantKeys};
 use crate::verifier::{Verifier, generate_password};
 
 /// How many times a start retries with another port when Postgres loses a bind race.
@@ -58,6 +59,9 @@ pub struct ManagerOptions {
     /// local folder under the data directory, which keeps no promise of statelessness; it
     /// serves tests of the lifecycle alone. `lakebed up` always sets it.
     pub page_store: Option<PageStoreOptions>,
+    /// KMS for customer-managed keys. Without it no tenant's pages are sealed (and tenants
+    /// cannot name a CMK); `lakebed up` always sets it.
+    pub keys: Option<KeyOptions>,
 }
 
 /// TLS material for computes; with it, computes accept only clients presenting a certificate
@@ -89,6 +93,7 @@ impl ManagerOptions {
             activity_poll_interval: config.manager.activity_poll_interval.get(),
             compute_tls: None,
             page_store: None,
+            keys: None,
         }
     }
 }
@@ -212,6 +217,8 @@ pub(crate) enum StopReason {
     Shutdown,
     /// The endpoint is being deleted.
     Deleted,
+    /// Its tenant's CMK is no longer usable.
+    Revoked,
 }
 
 impl StopReason {
@@ -222,6 +229,7 @@ impl StopReason {
             Self::Idle => "idle",
             Self::Shutdown => "shutdown",
             Self::Deleted => "deleted",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -248,6 +256,7 @@ struct Inner {
     user: OsUser,
     manager_os_user: String,
     storage: Option<Storage>,
+    keys: Option<TenantKeys>,
     slots: Mutex<HashMap<EndpointName, Arc<Slot>>>,
     closing: CancellationToken,
 }
@@ -269,6 +278,7 @@ impl Manager {
         let catalog = Catalog::open(&opts.data_dir.join("catalog.db"))?;
         reconcile::reconcile(&opts.data_dir, &catalog, opts.compute.stop_timeout.get()).await?;
         let storage = opts.page_store.clone().map(Storage::new).transpose()?;
+        let keys = opts.keys.as_ref().map(TenantKeys::open).transpose()?;
         tracing::info!(
             data_dir = %opts.data_dir.display(),
             postgres = %install.bin_dir.display(),
@@ -283,6 +293,7 @@ impl Manager {
                 user,
                 manager_os_user,
                 storage,
+                keys,
                 slots: Mutex::new(HashMap::new()),
                 closing: CancellationToken::new(),
             }),
@@ -693,13 +704,23 @@ impl Manager {
         dir.create()?;
         let mut pagefs = match &inner.storage {
             Some(storage) => {
-                storage
+                let keys = match &inner.keys {
+                    Some(keys) => {
+                        let tenant = inner.catalog.tenant(&endpoint.tenant)?;
+                        keys.unwrap(&inner.catalog, &tenant)
+                            .instrument(info_span!("key_unwrap"))
+                            .await?
+                    }
+                    None => None,
+                };
+                let lineage = storage
                     .ensure_timeline(
                         endpoint.name.as_str(),
                         &endpoint.timeline,
                         &inner.install,
                         &inner.user,
                         &inner.opts.data_dir,
+                        keys.as_ref(),
                     )
                     .instrument(info_span!("timeline"))
                     .await?;
@@ -707,9 +728,10 @@ impl Manager {
                     storage
                         .mount_endpoint(
                             endpoint.name.as_str(),
-                            &endpoint.timeline,
+                            &lineage,
                             &dir,
                             &inner.user,
+                            keys.as_ref(),
                         )
                         .instrument(info_span!("mount"))
                         .await?,
@@ -947,6 +969,140 @@ impl Manager {
         tracing::info!(endpoint = %name, ?reason, %status, "compute suspended");
         metrics::counter!("lakebed_suspends_total", "reason" => reason.label()).increment(1);
         StopOutcome::Stopped
+    }
+
+    /// Creates tenant `name` whose data is sealed under CMK `kms_key_id` (default: the
+    /// configured default key), with its first DEK from KMS.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::TenantExists`], [`ManagerError::KeyUnavailable`],
+    /// [`ManagerError::KmsFailed`]; [`ManagerError::InvalidInput`] without keys configured
+    /// or without a key id.
+    pub async fn create_tenant(
+        &self,
+        name: &TenantName,
+        kms_key_id: Option<&str>,
+    ) -> Result<crate::catalog::TenantRecord, ManagerError> {
+        let keys = self.keys()?;
+        let key_id = kms_key_id
+            .map(str::to_owned)
+            .or_else(|| self.inner.opts.keys.as_ref()?.default_key_id.clone())
+            .ok_or_else(|| {
+                ManagerError::InvalidInput(
+                    "no KMS key: give --kms-key-id (or set keys.default_kms_key_id)".into(),
+                )
+            })?;
+        let record = keys
+            .create_tenant(&self.inner.catalog, name, &key_id)
+            .await?;
+        tracing::info!(tenant = %name, kms_key_id = %key_id, "tenant created");
+        Ok(record)
+    }
+
+    fn keys(&self) -> Result<&TenantKeys, ManagerError> {
+        self.inner
+            .keys
+            .as_ref()
+            .ok_or_else(|| ManagerError::InvalidInput("no KMS is configured".into()))
+    }
+
+    /// The tenant's keys: CMK, its state, wrapped DEK versions, last rotation.
+    pub async fn keys_show(&self, tenant: &TenantName) -> Result<KeysView, ManagerError> {
+        self.keys()?.show(&self.inner.catalog, tenant).await
+    }
+
+    /// Rotates the tenant's CMK key material and re-wraps its DEKs (`ReEncrypt`); nothing
+    /// is rewritten and no compute stops. Returns what was done.
+    pub async fn keys_rotate(
+        &self,
+        tenant: &TenantName,
+    ) -> Result<serde_json::Value, ManagerError> {
+        self.keys()?.rewrap(&self.inner.catalog, tenant, None).await
+    }
+
+    /// Re-wraps the tenant's DEKs under CMK `kms_key_id` and makes it the tenant's key.
+    pub async fn keys_set_cmk(
+        &self,
+        tenant: &TenantName,
+        kms_key_id: &str,
+    ) -> Result<serde_json::Value, ManagerError> {
+        self.keys()?
+            .rewrap(&self.inner.catalog, tenant, Some(kms_key_id))
+            .await
+    }
+
+    /// A new DEK version for the tenant; its computes seal new writes under it from their
+    /// next wake. Returns the version.
+    pub async fn keys_rekey(&self, tenant: &TenantName) -> Result<u32, ManagerError> {
+        self.keys()?.rekey(&self.inner.catalog, tenant).await
+    }
+
+    /// One revocation check: every tenant with a CMK and running computes has its key's
+    /// state asked; computes of tenants whose key is no longer usable are stopped. A KMS
+    /// that cannot be reached stops nothing.
+    pub async fn check_keys(&self) {
+        let Some(keys) = &self.inner.keys else {
+            return;
+        };
+        let Ok(tenants) = self.inner.catalog.tenants() else {
+            return;
+        };
+        let running: Vec<(EndpointName, TenantName)> = self
+            .inner
+            .catalog
+            .endpoints()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| self.status(&e.name).state != ComputeState::Suspended)
+            .map(|e| (e.name, e.tenant))
+            .collect();
+        for tenant in tenants.iter().filter(|t| t.kms_key_id.is_some()) {
+            let of_tenant: Vec<&EndpointName> = running
+                .iter()
+                .filter(|(_, t)| *t == tenant.name)
+                .map(|(e, _)| e)
+                .collect();
+            if of_tenant.is_empty() {
+                continue;
+            }
+            match keys.check(tenant).await {
+                Ok(()) => {}
+                Err(ManagerError::KeyUnavailable { key_id, state, .. }) => {
+                    for endpoint in of_tenant {
+                        tracing::warn!(tenant = %tenant.name, %endpoint, %state,
+                            "the tenant's key is no longer usable: stopping its compute");
+                        let slot = self.slot(endpoint);
+                        let mut life = slot.life.lock().await;
+                        if let StopOutcome::Stopped = self
+                            .stop_locked(endpoint, &slot, &mut life, StopReason::Revoked)
+                            .await
+                        {
+                            keys.record_stop(tenant.name.as_str(), &key_id, endpoint.as_str());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant.name, error = %e, "could not check the tenant's key; computes keep running")
+                }
+            }
+        }
+    }
+
+    /// Runs [`Self::check_keys`] every `keys.check_interval` until shutdown.
+    pub fn spawn_key_monitor(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let interval = self.inner.keys.as_ref()?.check_interval;
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = this.inner.closing.cancelled() => return,
+                    _ = tick.tick() => this.check_keys().await,
+                }
+            }
+        }))
     }
 
     /// Stops taking work and suspends every compute. Returns when no postmaster is left.

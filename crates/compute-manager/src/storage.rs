@@ -30,6 +30,8 @@ use tokio::time::timeout;
 
 use crate::ManagerError;
 use crate::postgres::{EndpointDir, OsUser, PgInstall, remove_dir_if_exists};
+use crate::tenant_keys::UnwrappedKeys;
+use zeroize::Zeroizing;
 
 /// Key written into a template timeline once initdb on it succeeded. Outside pagefs's key
 /// space (`i`, `d`, `p` prefixes), so pagefs never sees it.
@@ -54,8 +56,8 @@ pub struct PageStoreOptions {
 pub(crate) struct Storage {
     opts: PageStoreOptions,
     client: PageStoreClient,
-    /// Serialises template builds.
-    template: tokio::sync::Mutex<Option<TimelineId>>,
+    /// Templates known to be complete, by name; the lock serialises their builds.
+    templates: tokio::sync::Mutex<std::collections::HashMap<String, TimelineId>>,
 }
 
 fn storage_error(endpoint: &str, what: &str, e: impl std::fmt::Display) -> ManagerError {
@@ -125,11 +127,13 @@ impl Storage {
         Ok(Self {
             opts,
             client,
-            template: tokio::sync::Mutex::new(None),
+            templates: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
-    /// Makes sure `timeline` exists, branching it from the template (made first if needed).
+    /// Makes sure `timeline` exists, branching it from the template (made first if needed;
+    /// one per tenant when its pages are sealed under `keys`). Returns its lineage: itself,
+    /// then its parent.
     pub(crate) async fn ensure_timeline(
         &self,
         endpoint: &str,
@@ -137,16 +141,21 @@ impl Storage {
         install: &PgInstall,
         user: &OsUser,
         data_dir: &Path,
-    ) -> Result<(), ManagerError> {
+        keys: Option<&UnwrappedKeys>,
+    ) -> Result<Vec<String>, ManagerError> {
         let id: TimelineId = timeline
             .parse()
             .map_err(|e| storage_error(endpoint, "timeline id", e))?;
         match self.client.describe_timeline(&id).await {
-            Ok(_) => return Ok(()),
+            Ok(info) => {
+                let mut lineage = vec![timeline.to_owned()];
+                lineage.extend(info.parent.map(|(p, _)| p.to_string()));
+                return Ok(lineage);
+            }
             Err(RpcError::NotFound { .. }) => {}
             Err(e) => return Err(storage_error(endpoint, "page store", e)),
         }
-        let template = self.template(install, user, data_dir).await?;
+        let template = self.template(install, user, data_dir, keys).await?;
         match self
             .client
             .create_timeline(&id, Some((&template, None)))
@@ -154,24 +163,34 @@ impl Storage {
         {
             Ok(_) | Err(RpcError::AlreadyExists { .. }) => {
                 tracing::info!(endpoint, timeline, %template, "timeline branched from the template");
-                Ok(())
+                Ok(vec![timeline.to_owned(), template.to_string()])
             }
             Err(e) => Err(storage_error(endpoint, "branching the timeline", e)),
         }
     }
 
-    /// The template timeline for `install`'s major version, built if missing or half-made.
+    /// The template timeline for `install`'s major version (and, for sealed pages, the
+    /// tenant: a template's pages are sealed under its tenant's DEK), built if missing or
+    /// half-made.
     async fn template(
         &self,
         install: &PgInstall,
         user: &OsUser,
         data_dir: &Path,
+        keys: Option<&UnwrappedKeys>,
     ) -> Result<TimelineId, ManagerError> {
-        let mut cached = self.template.lock().await;
-        if let Some(t) = &*cached {
+        let name = match keys {
+            None => format!("template-pg{}", install.major),
+            Some(k) => format!(
+                "tpl-{:016x}-pg{}",
+                fnv1a(k.tenant.as_bytes()),
+                install.major
+            ),
+        };
+        let mut cached = self.templates.lock().await;
+        if let Some(t) = cached.get(&name) {
             return Ok(t.clone());
         }
-        let name = format!("template-pg{}", install.major);
         let id: TimelineId = name
             .parse()
             .map_err(|e| storage_error(&name, "template id", e))?;
@@ -199,6 +218,7 @@ impl Storage {
             let dir = TemplateDir(data_dir.join("template"));
             let _ = remove_dir_if_exists(&dir.0);
             std::fs::create_dir_all(&dir.0).map_err(ManagerError::io(&dir.0))?;
+            let input = keys.map(|k| k.pagefs_input(&[name.as_str()]));
             let mut fs = self
                 .mount(
                     &name,
@@ -207,6 +227,7 @@ impl Storage {
                     &dir.0.join("local"),
                     &dir.0.join("pagefs.log"),
                     user,
+                    input,
                 )
                 .await?;
             let made =
@@ -237,7 +258,7 @@ impl Storage {
             let _ = remove_dir_if_exists(&dir.0);
             tracing::info!(template = %id, ms = started.elapsed().as_millis() as u64, "template made");
         }
-        *cached = Some(id.clone());
+        cached.insert(name, id.clone());
         Ok(id)
     }
 
@@ -254,17 +275,24 @@ impl Storage {
         }
     }
 
-    /// Mounts the endpoint's timeline on its PGDATA.
+    /// Mounts the endpoint's timeline (first of `lineage`) on its PGDATA, sealed under
+    /// `keys` if given.
     pub(crate) async fn mount_endpoint(
         &self,
         endpoint: &str,
-        timeline: &str,
+        lineage: &[String],
         dir: &EndpointDir,
         user: &OsUser,
+        keys: Option<&UnwrappedKeys>,
     ) -> Result<Pagefs, ManagerError> {
-        let id: TimelineId = timeline
+        let id: TimelineId = lineage
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default()
             .parse()
             .map_err(|e| storage_error(endpoint, "timeline id", e))?;
+        let lineage: Vec<&str> = lineage.iter().map(String::as_str).collect();
+        let input = keys.map(|k| k.pagefs_input(&lineage));
         self.mount(
             endpoint,
             &id,
@@ -272,6 +300,7 @@ impl Storage {
             &dir.local_dir(),
             &dir.pagefs_log(),
             user,
+            input,
         )
         .await
     }
@@ -284,6 +313,7 @@ impl Storage {
         local_dir: &Path,
         log_file: &Path,
         user: &OsUser,
+        keys_input: Option<Zeroizing<String>>,
     ) -> Result<Pagefs, ManagerError> {
         prepare_mountpoint(mountpoint, local_dir)?;
         std::fs::create_dir_all(mountpoint).map_err(ManagerError::io(mountpoint))?;
@@ -312,6 +342,9 @@ impl Storage {
         if let Some(ca) = &self.opts.ca_file {
             cmd.arg("--pageserver-ca").arg(ca);
         }
+        if keys_input.is_some() {
+            cmd.arg("--keys-from-stdin");
+        }
         // Nothing of the manager's environment but PATH and the OpenTelemetry settings, plus
         // the current span's trace context, so pagefs's mount is a step of this wake's trace.
         cmd.env_clear()
@@ -320,14 +353,25 @@ impl Storage {
         lakebed_telemetry::inject(&tracing::Span::current(), |name, value| {
             cmd.env(name.to_ascii_uppercase(), value);
         });
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(false);
+        cmd.stdin(if keys_input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(false);
         let mut child = cmd
             .spawn()
             .map_err(ManagerError::io(&self.opts.pagefs_bin))?;
+        // The DEKs go over a pipe only this child holds; the text is zeroized when dropped.
+        if let (Some(text), Some(mut stdin)) = (keys_input, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            if let Err(e) = stdin.write_all(text.as_bytes()).await {
+                tracing::warn!(endpoint, error = %e, "could not hand the keys to pagefs");
+            }
+        }
         let mut lines = BufReader::new(
             child
                 .stdout
@@ -378,6 +422,13 @@ impl Storage {
             local_dir: local_dir.to_owned(),
         })
     }
+}
+
+/// FNV-1a, 64 bits: a stable short name for a tenant's template timeline.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// A throwaway directory for building a template.

@@ -21,8 +21,8 @@ mod pool;
 
 pub use duration::{DurationError, HumanDuration, SuspendTimeout};
 pub use load::{
-    ComputeConfig, Config, ConfigError, EndpointConfig, LogConfig, LogFormat, ManagerConfig,
-    PageServerConfig, PortRange, ProxyConfig,
+    ComputeConfig, Config, ConfigError, EndpointConfig, KeysConfig, KmsProviderKind, LogConfig,
+    LogFormat, ManagerConfig, PageServerConfig, PortRange, ProxyConfig,
 };
 pub use names::{EndpointName, NameError, RoleName, TenantName};
 pub use policy::{AutosuspendPolicy, KeepWarmWindow, WindowError};

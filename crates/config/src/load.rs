@@ -141,6 +141,8 @@ pub struct Config {
     pub pageserver: PageServerConfig,
     /// Logging (`[logging]`).
     pub logging: LogConfig,
+    /// Customer-managed keys (`[keys]`).
+    pub keys: KeysConfig,
     /// Per-endpoint settings (`[endpoints.NAME]`); keys must be valid [`EndpointName`]s.
     /// Endpoints not listed use the default policy. Default empty.
     pub endpoints: BTreeMap<EndpointName, EndpointConfig>,
@@ -156,6 +158,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             pageserver: PageServerConfig::default(),
             logging: LogConfig::default(),
+            keys: KeysConfig::default(),
             endpoints: BTreeMap::new(),
         }
     }
@@ -241,6 +244,55 @@ pub struct LogConfig {
     /// `text` (default; coloured on a terminal) or `json` (one object per line, with the
     /// span fields such as `ep` and `role`).
     pub format: LogFormat,
+}
+
+/// Customer-managed keys (`[keys]`): which KMS holds tenants' CMKs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// `local` (default: a master key file in the data directory, for development only) or
+    /// `aws-kms` (AWS KMS or any server speaking its API; region and credentials from the
+    /// standard AWS chain).
+    pub provider: KmsProviderKind,
+    /// The KMS endpoint for `aws-kms`, e.g. `http://127.0.0.1:5000`. Default none: the
+    /// standard `AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL`, else AWS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_endpoint_url: Option<String>,
+    /// The CMK of tenants created without `--kms-key-id`, and of the `default` tenant that
+    /// `lakebed up` makes. Default: `local` with the local provider, none with `aws-kms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_kms_key_id: Option<String>,
+    /// How often the state of CMKs with running computes is checked; computes of a tenant
+    /// whose key was disabled are stopped within it. Default `60s`; at least `1s`.
+    pub check_interval: HumanDuration,
+    /// The local provider's master key file (0600). Default `<data_dir>/keys/local-master.key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_key_file: Option<PathBuf>,
+}
+
+impl Default for KeysConfig {
+    /// The local provider, checked every 60s.
+    fn default() -> Self {
+        Self {
+            provider: KmsProviderKind::Local,
+            aws_endpoint_url: None,
+            default_kms_key_id: None,
+            check_interval: HumanDuration(Duration::from_secs(60)),
+            local_key_file: None,
+        }
+    }
+}
+
+/// Which KMS holds the CMKs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KmsProviderKind {
+    /// A master key file in the data directory (development only).
+    #[default]
+    #[serde(rename = "local")]
+    Local,
+    /// AWS KMS through aws-sdk-kms.
+    #[serde(rename = "aws-kms")]
+    AwsKms,
 }
 
 /// How log lines are written.
@@ -517,6 +569,15 @@ impl EndpointConfig {
 }
 
 impl Config {
+    /// The local KMS provider's key file: `keys.local_key_file`, else
+    /// `<data_dir>/keys/local-master.key`.
+    pub fn local_key_file(&self) -> PathBuf {
+        self.keys
+            .local_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys").join("local-master.key"))
+    }
+
     /// The page store's directory: `pageserver.data_dir` if set, else
     /// `<data_dir>/pageserver`.
     pub fn pageserver_data_dir(&self) -> PathBuf {
@@ -704,6 +765,15 @@ impl Config {
         let c = &self.compute;
         if c.os_user.trim().is_empty() {
             return fail("compute.os_user", "must not be empty".to_owned());
+        }
+        if self.keys.provider == KmsProviderKind::AwsKms && self.keys.default_kms_key_id.is_none() {
+            return fail(
+                "keys.default_kms_key_id",
+                "required with provider \"aws-kms\": the CMK of the default tenant".to_owned(),
+            );
+        }
+        if self.keys.check_interval.get() < Duration::from_secs(1) {
+            return fail("keys.check_interval", "must be at least 1s".to_owned());
         }
         if c.cache_mib == 0 {
             return fail("compute.cache_mib", "must be at least 1".to_owned());

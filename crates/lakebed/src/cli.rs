@@ -39,6 +39,12 @@ pub enum Command {
     /// Create, list and delete an endpoint's roles.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Create and list tenants (each with its own KMS key).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// A tenant's customer-managed key: show, rotate, move to another CMK, rekey.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run the page store alone until Ctrl-C or SIGTERM. Prints `pageserver listening on
     /// ADDR` once it accepts connections. Its data goes to pageserver.data_dir, by default
     /// <data_dir>/pageserver.
@@ -108,6 +114,58 @@ pub struct PagefsArgs {
     /// environment) and seal everything sent to the page store under them.
     #[arg(long)]
     pub keys_from_stdin: bool,
+}
+
+/// `lakebed tenant ...`
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant whose data is sealed under its own KMS key (CMK).
+    Create {
+        /// Tenant name: lowercase letters, digits and '-'.
+        name: String,
+        /// The CMK: a KMS key id, ARN or alias (default: keys.default_kms_key_id; `local`
+        /// with the development provider).
+        #[arg(long, value_name = "ID")]
+        kms_key_id: Option<String>,
+    },
+    /// List tenants and their keys.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `lakebed keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// The tenant's CMK, its state in KMS, the wrapped DEK versions and the last rotation.
+    Show {
+        /// Tenant.
+        tenant: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// New key material for the CMK (where KMS allows), then every DEK re-wrapped: no page
+    /// rewritten, no downtime.
+    Rotate {
+        /// Tenant.
+        tenant: String,
+    },
+    /// Re-wrap every DEK under another CMK, which becomes the tenant's key.
+    SetCmk {
+        /// Tenant.
+        tenant: String,
+        /// The new CMK: key id, ARN or alias.
+        #[arg(long, value_name = "ID")]
+        kms_key_id: String,
+    },
+    /// A new DEK version: computes seal new writes under it from their next wake.
+    Rekey {
+        /// Tenant.
+        tenant: String,
+    },
 }
 
 /// Policy flags shared by `endpoint create` and `endpoint set`.

@@ -9,14 +9,18 @@
 //! are exported), then the process exits: no postgres process is left behind.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use lakebed_compute_manager::{
-    ComputeTls, Manager, ManagerError, ManagerOptions, PageStoreOptions, activity, api, verifier,
+    ComputeTls, KeyOptions, Manager, ManagerError, ManagerOptions, PageStoreOptions, activity, api,
+    verifier,
 };
-use lakebed_config::{AutosuspendPolicy, Config, EndpointName, RoleName, TenantName};
+use lakebed_config::{
+    AutosuspendPolicy, Config, EndpointName, KmsProviderKind, RoleName, TenantName,
+};
+use lakebed_keys::{AwsKms, KmsProvider, LOCAL_KEY_ID, LocalKms};
 use lakebed_pageserver::{PageServer, ServerOptions};
 use lakebed_proxy::control::ControlPlaneOptions;
 use lakebed_proxy::tls::{TlsServer, compute_client_config};
@@ -75,6 +79,7 @@ async fn serve(config: Config) -> Result<()> {
         server_cert: pki.compute_cert.clone(),
         server_key: pki.compute_key.clone(),
     });
+    manager_opts.keys = Some(key_options(&config).await?);
     manager_opts.page_store = Some(PageStoreOptions {
         url: pageserver_url,
         ca_file: None,
@@ -90,6 +95,7 @@ async fn serve(config: Config) -> Result<()> {
     std::fs::write(&addr_file, api_addr.to_string())
         .with_context(|| format!("writing {}", addr_file.display()))?;
     let monitor = activity::spawn_monitor(manager.clone());
+    let key_monitor = manager.spawn_key_monitor();
     let prometheus = crate::metrics::recorder()?;
     let render_manager: api::RenderMetrics = {
         let (manager, prometheus) = (manager.clone(), prometheus.clone());
@@ -147,10 +153,56 @@ async fn serve(config: Config) -> Result<()> {
         let _ = task.await;
     }
     let _ = monitor.await;
+    if let Some(m) = key_monitor {
+        let _ = m.await;
+    }
     let _ = server.await;
     let _ = std::fs::remove_file(&addr_file);
     println!("Lakebed stopped; every compute is suspended.");
     Ok(())
+}
+
+/// The KMS of tenants' CMKs: the local development provider (a master key file, announced
+/// as development only) or AWS KMS; audit lines go to `<data_dir>/keys/audit.log`.
+async fn key_options(config: &Config) -> Result<KeyOptions> {
+    let keys_dir = config.data_dir.join("keys");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&keys_dir)
+        .with_context(|| format!("creating {}", keys_dir.display()))?;
+    let (provider, default_key): (std::sync::Arc<dyn KmsProvider>, Option<String>) =
+        match config.keys.provider {
+            KmsProviderKind::Local => {
+                let local =
+                    LocalKms::open(config.local_key_file()).context("keys.local_key_file")?;
+                local.warn_development_only();
+                (
+                    std::sync::Arc::new(local),
+                    Some(
+                        config
+                            .keys
+                            .default_kms_key_id
+                            .clone()
+                            .unwrap_or_else(|| LOCAL_KEY_ID.to_owned()),
+                    ),
+                )
+            }
+            KmsProviderKind::AwsKms => (
+                std::sync::Arc::new(
+                    AwsKms::from_env(config.keys.aws_endpoint_url.clone())
+                        .await
+                        .context("keys.provider = \"aws-kms\"")?,
+                ),
+                config.keys.default_kms_key_id.clone(),
+            ),
+        };
+    Ok(KeyOptions {
+        provider,
+        audit_log: keys_dir.join("audit.log"),
+        check_interval: config.keys.check_interval.get(),
+        default_key_id: default_key,
+    })
 }
 
 /// The page store computes use: `compute.pageserver_url`, or else one served from this
@@ -249,7 +301,17 @@ fn ensure_token(data_dir: &Path) -> Result<String> {
 /// (returned, to be printed once). Every start: the endpoints named in the configuration.
 async fn bootstrap(manager: &Manager, config: &Config) -> Result<Option<String>> {
     let tenant: TenantName = DEFAULT_TENANT.parse()?;
-    let first_start = manager.catalog().ensure_tenant(&tenant)?;
+    let first_start = match manager.catalog().tenant(&tenant) {
+        Ok(_) => false,
+        Err(ManagerError::TenantNotFound(_)) => {
+            manager
+                .create_tenant(&tenant, None)
+                .await
+                .context("creating the default tenant with its DEK")?;
+            true
+        }
+        Err(e) => return Err(e.into()),
+    };
     let main: EndpointName = DEFAULT_ENDPOINT.parse()?;
     let mut password = None;
     if first_start {

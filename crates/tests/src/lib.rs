@@ -209,7 +209,7 @@ pub fn create_endpoint(manager: &Manager, name: &str, policy: AutosuspendPolicy)
     let tenant: TenantName = "default".parse().expect("tenant name");
     manager
         .catalog()
-        .ensure_tenant(&tenant)
+        .ensure_tenant(&tenant, None)
         .expect("create tenant default");
     let name: EndpointName = name.parse().expect("endpoint name");
     manager

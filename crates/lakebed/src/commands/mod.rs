@@ -1,6 +1,7 @@
 //! Dispatch of subcommands.
 
 mod endpoint;
+mod keys;
 mod pagefs;
 mod pageserver;
 mod role;
@@ -27,6 +28,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Up => crate::up::run(config).await,
         Command::Endpoint(cmd) => endpoint::run(&client(&config, cli.api_url)?, cmd).await,
         Command::Role(cmd) => role::run(&client(&config, cli.api_url)?, cmd).await,
+        Command::Tenant(cmd) => keys::tenant(&client(&config, cli.api_url)?, cmd).await,
+        Command::Keys(cmd) => keys::keys(&client(&config, cli.api_url)?, cmd).await,
         Command::Pools { json } => pools(&config, json).await,
         Command::Status => status(&config, cli.api_url).await,
         Command::Pageserver {

@@ -7,16 +7,16 @@
 //! KMS key at wake. They live only in this process's memory, as aws-lc key schedules; the
 //! raw bytes are zeroized once the schedules are built.
 //!
-//! **Format of a sealed value:** `[1][key version: u32 BE][lineage slot: u8][nonce: 12]
-//! [ciphertext][tag: 16]`. New values are sealed under the newest version; older versions
-//! stay readable.
+//! **Format of a sealed value:** `[1][key version: u32 BE][writer timeline: length u8, then
+//! 63 bytes zero-padded][nonce: 12][ciphertext][tag: 16]`. New values are sealed under the
+//! newest version; older versions stay readable.
 //!
 //! **Binding.** The additional data is the format byte, what the value is (a page, an inode
 //! record, a directory entry), the tenant, the timeline that wrote it, the inode and block
 //! (or entry), and the key version. So a value moved to another file, block, tenant or
 //! timeline, or relabelled with another key version, does not open. A branch reads values
-//! its ancestors wrote: the lineage slot in the header says which timeline of the mount's
-//! lineage (0: its own, 1: its parent, ...) wrote it, and only those are accepted.
+//! its ancestors wrote: the header names the timeline that wrote the value, and only the
+//! timelines of the mount's lineage (its own, its parent, ...) are accepted.
 //!
 //! **Nonces** are 96 random bits per seal. A DEK outlives computes, so a counter would
 //! repeat across them; with random nonces the chance of a repeat stays below 2^-32 for the
@@ -35,7 +35,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use zeroize::Zeroizing;
 
 const FORMAT: u8 = 1;
-const HEADER: usize = 1 + 4 + 1 + NONCE_LEN;
+/// Room for a timeline id (the longest is 63 characters).
+const TIMELINE_FIELD: usize = 63;
+const HEADER: usize = 1 + 4 + 1 + TIMELINE_FIELD + NONCE_LEN;
 const TAG: usize = 16;
 /// Bytes a seal adds to a value: the header and the tag.
 pub const SEAL_OVERHEAD: usize = HEADER + TAG;
@@ -74,8 +76,8 @@ pub enum OpenError {
     #[error("sealed under DEK version {0}, which this compute does not hold")]
     UnknownVersion(u32),
     /// Written by a timeline outside this mount's lineage.
-    #[error("written by a timeline outside this compute's lineage (slot {0})")]
-    ForeignLineage(u8),
+    #[error("written by timeline {0:?}, outside this compute's lineage")]
+    ForeignLineage(String),
     /// The tag did not verify: altered, moved, or sealed under another key.
     #[error("does not verify")]
     Forged,
@@ -110,9 +112,9 @@ pub enum DataKeysError {
     /// No timeline was given.
     #[error("no lineage given")]
     NoLineage,
-    /// The lineage is longer than a slot can name.
-    #[error("lineage of {0} timelines is too long")]
-    LineageTooLong(usize),
+    /// A timeline id longer than 63 bytes.
+    #[error("timeline id {0:?} is too long")]
+    TimelineTooLong(String),
     /// A key schedule could not be built.
     #[error("invalid DEK")]
     BadKey,
@@ -133,8 +135,8 @@ impl DataKeys {
         if lineage.is_empty() {
             return Err(DataKeysError::NoLineage);
         }
-        if lineage.len() > usize::from(u8::MAX) {
-            return Err(DataKeysError::LineageTooLong(lineage.len()));
+        if let Some(t) = lineage.iter().find(|t| t.len() > TIMELINE_FIELD) {
+            return Err(DataKeysError::TimelineTooLong(t.clone()));
         }
         let (first, _) = versions
             .iter()
@@ -174,7 +176,7 @@ impl DataKeys {
         out
     }
 
-    fn aad(&self, kind: ValueKind, slot: u8, version: u32) -> Vec<u8> {
+    fn aad(&self, kind: ValueKind, writer: &str, version: u32) -> Vec<u8> {
         let mut a = Vec::with_capacity(96);
         a.push(FORMAT);
         match kind {
@@ -193,7 +195,7 @@ impl DataKeys {
                 a.extend_from_slice(&name_mac);
             }
         }
-        for s in [&self.tenant, &self.lineage[usize::from(slot)]] {
+        for s in [self.tenant.as_str(), writer] {
             a.extend_from_slice(&(s.len() as u32).to_be_bytes());
             a.extend_from_slice(s.as_bytes());
         }
@@ -210,11 +212,15 @@ impl DataKeys {
             std::process::abort();
         }
         let version = self.current;
-        let aad = self.aad(kind, 0, version);
+        let own = &self.lineage[0];
+        let aad = self.aad(kind, own, version);
         let mut out = BytesMut::with_capacity(HEADER + plain.len() + TAG);
         out.put_u8(FORMAT);
         out.put_u32(version);
-        out.put_u8(0);
+        out.put_u8(own.len() as u8);
+        let mut field = [0u8; TIMELINE_FIELD];
+        field[..own.len()].copy_from_slice(own.as_bytes());
+        out.put_slice(&field);
         out.put_slice(&nonce);
         let mut body = plain.to_vec();
         let key = &self.keys[&version];
@@ -243,18 +249,19 @@ impl DataKeys {
             return Err(OpenError::Malformed);
         }
         let version = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
-        let slot = sealed[5];
         let key = self
             .keys
             .get(&version)
             .ok_or(OpenError::UnknownVersion(version))?;
-        if usize::from(slot) >= self.lineage.len() {
-            return Err(OpenError::ForeignLineage(slot));
+        let len = usize::from(sealed[5]).min(TIMELINE_FIELD);
+        let writer = String::from_utf8_lossy(&sealed[6..6 + len]).into_owned();
+        if !self.lineage.contains(&writer) {
+            return Err(OpenError::ForeignLineage(writer));
         }
         let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&sealed[6..HEADER]);
+        nonce.copy_from_slice(&sealed[6 + TIMELINE_FIELD..HEADER]);
         let mut body = sealed[HEADER..].to_vec();
-        let aad = self.aad(kind, slot, version);
+        let aad = self.aad(kind, &writer, version);
         let len = key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
@@ -326,18 +333,22 @@ mod tests {
         let mut bad = sealed.to_vec();
         bad[HEADER + 1] ^= 1;
         assert_eq!(k.open(page, &bad), Err(OpenError::Forged));
-        // A child branch reads what its parent wrote (slot 1 in its lineage)...
+        // A child branch reads what its parent wrote...
         let parent = keys(&["tpl"], &[(1, 7)]);
-        let from_parent = parent.seal(page, b"inherited");
-        let mut relabelled = from_parent.to_vec();
-        relabelled[5] = 1;
-        assert_eq!(&k.open(page, &relabelled).unwrap()[..], b"inherited");
-        // ...but a sibling's value, claimed as its own, does not open.
-        let sibling = keys(&["ep-2", "tpl"], &[(1, 7)]);
         assert_eq!(
-            k.open(page, &sibling.seal(page, b"x")),
-            Err(OpenError::Forged)
+            &k.open(page, &parent.seal(page, b"inherited")).unwrap()[..],
+            b"inherited"
         );
+        // ...but not a sibling's value, nor one relabelled as its own.
+        let sibling = keys(&["ep-2", "tpl"], &[(1, 7)]);
+        let from_sibling = sibling.seal(page, b"x");
+        assert_eq!(
+            k.open(page, &from_sibling),
+            Err(OpenError::ForeignLineage("ep-2".into()))
+        );
+        let mut relabelled = from_sibling.to_vec();
+        relabelled[6..10].copy_from_slice(b"ep-1");
+        assert_eq!(k.open(page, &relabelled), Err(OpenError::Forged));
         // Another tenant with the same bytes: refused.
         let other = DataKeys::new(
             "other".into(),

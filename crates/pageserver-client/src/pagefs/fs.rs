@@ -90,8 +90,6 @@ pub struct Node {
     opens: u32,
     /// Still has a directory entry.
     linked: bool,
-    /// Bumped at every change of the contents, so a fetch that raced a write is not used.
-    writes: u64,
 }
 
 impl Node {
@@ -104,7 +102,6 @@ impl Node {
             children: BTreeMap::new(),
             opens: 0,
             linked: true,
-            writes: 0,
         }
     }
 
@@ -135,6 +132,13 @@ struct State {
     dirents: HashMap<(u64, Vec<u8>), u64>,
     /// Unlinked files whose pages are to be deleted: (ino, blocks).
     dead: Vec<(u64, u64)>,
+    /// Counts block changes (writes, truncations).
+    change_seq: u64,
+    /// Blocks changed while fetches were registered: (ino, block) -> change seq. Pruned as
+    /// fetches finish; empty when none is registered.
+    changed: HashMap<(u64, u64), u64>,
+    /// Start seqs of registered fetches, with how many started there.
+    inflight: BTreeMap<u64, usize>,
 }
 
 impl State {
@@ -174,6 +178,19 @@ impl State {
         self.page_bytes += len;
     }
 
+    /// Records that block `b` of `ino` changed, for fetches in flight.
+    fn note_change(&mut self, ino: u64, b: u64) {
+        self.change_seq += 1;
+        if !self.inflight.is_empty() {
+            self.changed.insert((ino, b), self.change_seq);
+        }
+    }
+
+    /// Whether a page fetched from `start` on is still what block `b` holds.
+    fn unchanged_since(&self, ino: u64, b: u64, start: u64) -> bool {
+        self.changed.get(&(ino, b)).is_none_or(|&c| c <= start)
+    }
+
     fn is_dirty(&self) -> bool {
         !(self.pages.is_empty()
             && self.inodes.is_empty()
@@ -205,17 +222,17 @@ enum Local {
 pub struct Need {
     /// Blocks to fetch from the page store.
     pub blocks: Vec<u64>,
-    /// The inode's change counter when they were found missing.
-    pub writes: u64,
 }
 
-/// Pages fetched for one inode, valid while its change counter is `writes`.
+/// Pages fetched for one inode. A fetched page is used only if its block has not changed
+/// since the fetch started: while a fetch is registered (from [`PageFs::fetch`] until
+/// [`PageFs::done`]), every block change is remembered with its sequence number.
 #[derive(Debug, Default)]
 pub struct Fetched {
-    /// The counter the fetch started at.
-    pub writes: u64,
+    /// The change sequence number when the fetch started; `None`: nothing fetched.
+    start: Option<u64>,
     /// Block -> content (zeros for holes).
-    pub pages: HashMap<u64, Bytes>,
+    pages: HashMap<u64, Bytes>,
 }
 
 /// A mounted timeline's filesystem.
@@ -745,7 +762,6 @@ impl PageFs {
         fetched: &Fetched,
     ) -> Result<(Vec<Bytes>, Vec<u64>), Errno> {
         let node = st.node(ino)?;
-        let use_fetched = fetched.writes == node.writes;
         let mut found = Vec::new();
         let mut missing = Vec::new();
         for b in blocks {
@@ -762,7 +778,11 @@ impl PageFs {
                 Local::Known(d.data.clone().unwrap_or_else(zeros))
             } else if let Some(p) = self.cache.get(ino, b).map_err(|e| local_error(&e))? {
                 Local::Known(self.open_stored(ino, b, &p)?)
-            } else if let Some(p) = fetched.pages.get(&b).filter(|_| use_fetched) {
+            } else if let Some(p) = fetched
+                .pages
+                .get(&b)
+                .filter(|_| fetched.start.is_some_and(|s| st.unchanged_since(ino, b, s)))
+            {
                 Local::Known(p.clone())
             } else {
                 Local::Missing
@@ -802,10 +822,7 @@ impl PageFs {
         let first = offset / BS;
         let (pages, missing) = self.gather(&st, ino, first..end.div_ceil(BS), fetched)?;
         if !missing.is_empty() {
-            return Ok(Err(Need {
-                blocks: missing,
-                writes: node.writes,
-            }));
+            return Ok(Err(Need { blocks: missing }));
         }
         drop(st);
         let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
@@ -861,10 +878,7 @@ impl PageFs {
         partial.dedup();
         let (bases, missing) = self.gather(&st, ino, partial.iter().copied(), fetched)?;
         if !missing.is_empty() {
-            return Ok(Err(Need {
-                blocks: missing,
-                writes: node.writes,
-            }));
+            return Ok(Err(Need { blocks: missing }));
         }
         let scratch = node.scratch;
         let base_of = |b: u64| {
@@ -896,6 +910,7 @@ impl PageFs {
             } else {
                 self.cache.remove(ino, b);
                 st.put_page(ino, b, Some(page));
+                st.note_change(ino, b);
             }
         }
         let now = SystemTime::now();
@@ -903,7 +918,6 @@ impl PageFs {
         n.rec.size = n.rec.size.max(end);
         n.rec.mtime = now;
         n.rec.ctime = now;
-        n.writes += 1;
         st.mark_inode(ino);
         if st.page_bytes >= self.options.dirty_flush_bytes {
             self.flush_wanted.notify_one();
@@ -943,10 +957,7 @@ impl PageFs {
                 let b = size / BS;
                 let (bases, missing) = self.gather(&st, ino, std::iter::once(b), fetched)?;
                 if !missing.is_empty() {
-                    return Ok(Err(Need {
-                        blocks: missing,
-                        writes: node.writes,
-                    }));
+                    return Ok(Err(Need { blocks: missing }));
                 }
                 let mut p = bases[0].to_vec();
                 p.resize(BLOCK_SIZE, 0);
@@ -956,6 +967,7 @@ impl PageFs {
                 } else {
                     self.cache.remove(ino, b);
                     st.put_page(ino, b, Some(Bytes::from(p)));
+                    st.note_change(ino, b);
                 }
             }
             if scratch {
@@ -964,6 +976,7 @@ impl PageFs {
                 self.cache.remove_from(ino, keep);
                 for b in keep..blocks_for(old) {
                     st.put_page(ino, b, None);
+                    st.note_change(ino, b);
                 }
             }
         }
@@ -972,7 +985,6 @@ impl PageFs {
         n.rec.size = size;
         n.rec.mtime = now;
         n.rec.ctime = now;
-        n.writes += 1;
         let n = n.clone();
         st.mark_inode(ino);
         Ok(Ok(n))
@@ -986,6 +998,41 @@ impl PageFs {
     /// `EIO` when the page store did not answer within the client's timeout.
     #[tracing::instrument(name = "pagefs_fetch", skip_all, fields(ino, pages = need.blocks.len()))]
     pub async fn fetch(&self, ino: u64, need: Need) -> Result<Fetched, Errno> {
+        let start = {
+            let mut st = lock(&self.state);
+            let start = st.change_seq;
+            *st.inflight.entry(start).or_default() += 1;
+            start
+        };
+        let fetched = self.fetch_registered(ino, need, start).await;
+        if fetched.is_err() {
+            self.done(Fetched {
+                start: Some(start),
+                pages: HashMap::new(),
+            });
+        }
+        fetched
+    }
+
+    /// Ends a fetch's registration; call it once its pages were used.
+    pub fn done(&self, fetched: Fetched) {
+        let Some(start) = fetched.start else {
+            return;
+        };
+        let mut st = lock(&self.state);
+        if let Some(n) = st.inflight.get_mut(&start) {
+            *n -= 1;
+            if *n == 0 {
+                st.inflight.remove(&start);
+            }
+        }
+        match st.inflight.keys().next().copied() {
+            None => st.changed.clear(),
+            Some(oldest) => st.changed.retain(|_, c| *c > oldest),
+        }
+    }
+
+    async fn fetch_registered(&self, ino: u64, need: Need, start: u64) -> Result<Fetched, Errno> {
         let keys = need
             .blocks
             .iter()
@@ -1016,19 +1063,19 @@ impl PageFs {
             pages.insert(*b, page);
         }
         let st = lock(&self.state);
-        if st.nodes.get(&ino).is_some_and(|n| n.writes == need.writes) {
-            // Cached as the page store holds them: sealed under the DEK, and then again
-            // under the per-boot key by the cache. Holes are not cached.
-            for (b, v) in &stored {
-                if let Some(v) = v
-                    && let Err(e) = self.cache.insert(ino, *b, v)
-                {
-                    tracing::warn!(error = %e, "local cache write failed");
-                }
+        // Cached as the page store holds them: sealed under the DEK, and then again under
+        // the per-boot key by the cache. Holes, and blocks changed meanwhile, are not.
+        for (b, v) in &stored {
+            if let Some(v) = v
+                && st.unchanged_since(ino, *b, start)
+                && !st.pages.contains_key(&(ino, *b))
+                && let Err(e) = self.cache.insert(ino, *b, v)
+            {
+                tracing::warn!(error = %e, "local cache write failed");
             }
         }
         Ok(Fetched {
-            writes: need.writes,
+            start: Some(start),
             pages,
         })
     }

@@ -127,7 +127,9 @@ impl Filesystem for Fuse {
                     self.rt.spawn(async move {
                         let result = async {
                             let fetched = fs.fetch(ino, need).await?;
-                            match fs.truncate(ino, size, &fetched)? {
+                            let truncated = fs.truncate(ino, size, &fetched);
+                            fs.done(fetched);
+                            match truncated? {
                                 Ok(_) => attr_of(&fs, ino),
                                 // Changed again meanwhile: the caller may retry.
                                 Err(_) => Err(Errno::EAGAIN),
@@ -263,7 +265,9 @@ impl Filesystem for Fuse {
                             Ok(f) => f,
                             Err(e) => return reply.error(e),
                         };
-                        match fs.read(ino, offset, size, &fetched) {
+                        let read = fs.read(ino, offset, size, &fetched);
+                        fs.done(fetched);
+                        match read {
                             Ok(Ok(data)) => return reply.data(&data),
                             Err(e) => return reply.error(e),
                             Ok(Err(n)) => need = n,
@@ -308,7 +312,9 @@ impl Filesystem for Fuse {
                             Ok(f) => f,
                             Err(e) => return reply.error(e),
                         };
-                        match fs.write(ino, offset, &data, &fetched) {
+                        let written = fs.write(ino, offset, &data, &fetched);
+                        fs.done(fetched);
+                        match written {
                             Ok(Ok(n)) => return reply.written(n),
                             Err(e) => return reply.error(e),
                             Ok(Err(n)) => need = n,
