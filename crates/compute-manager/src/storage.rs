@@ -223,9 +223,11 @@ impl Storage {
                 .mount(
                     &name,
                     &id,
-                    &dir.0.join("pgdata"),
-                    &dir.0.join("local"),
-                    &dir.0.join("pagefs.log"),
+                    MountAt {
+                        mountpoint: &dir.0.join("pgdata"),
+                        local_dir: &dir.0.join("local"),
+                        log_file: &dir.0.join("pagefs.log"),
+                    },
                     user,
                     input,
                 )
@@ -296,9 +298,11 @@ impl Storage {
         self.mount(
             endpoint,
             &id,
-            &dir.pgdata(),
-            &dir.local_dir(),
-            &dir.pagefs_log(),
+            MountAt {
+                mountpoint: &dir.pgdata(),
+                local_dir: &dir.local_dir(),
+                log_file: &dir.pagefs_log(),
+            },
             user,
             input,
         )
@@ -309,12 +313,15 @@ impl Storage {
         &self,
         endpoint: &str,
         timeline: &TimelineId,
-        mountpoint: &Path,
-        local_dir: &Path,
-        log_file: &Path,
+        at: MountAt<'_>,
         user: &OsUser,
         keys_input: Option<Zeroizing<String>>,
     ) -> Result<Pagefs, ManagerError> {
+        let MountAt {
+            mountpoint,
+            local_dir,
+            log_file,
+        } = at;
         prepare_mountpoint(mountpoint, local_dir)?;
         std::fs::create_dir_all(mountpoint).map_err(ManagerError::io(mountpoint))?;
         let log = private_file(log_file)?;
@@ -429,6 +436,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// Where one pagefs mounts, keeps its local files and logs.
+struct MountAt<'a> {
+    mountpoint: &'a Path,
+    local_dir: &'a Path,
+    log_file: &'a Path,
 }
 
 /// A throwaway directory for building a template.

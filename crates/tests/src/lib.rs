@@ -40,6 +40,7 @@ use tokio::time::timeout;
 use tokio_postgres::{Client, NoTls};
 
 pub mod clients;
+pub mod moto;
 pub mod otlp;
 pub mod stack;
 pub mod wire;

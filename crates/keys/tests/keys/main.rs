@@ -8,4 +8,5 @@
 mod audit;
 mod aws;
 mod local;
+#[path = "../../../tests/src/moto.rs"]
 mod moto;
