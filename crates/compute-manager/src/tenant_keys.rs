@@ -40,8 +40,8 @@ use zeroize::Zeroizing;
 use crate::ManagerError;
 use crate::catalog::{Catalog, TenantRecord};
 
-/// The encryption context's purpose for DEKs.
-const PURPOSE: &str = "pagestore-dek";
+/// The encryption context's purpose (`lakebed:purpose`) of every DEK.
+pub const PURPOSE: &str = "pagestore-dek";
 
 /// How the manager reaches KMS.
 #[derive(Clone)]
@@ -172,7 +172,17 @@ impl TenantKeys {
         })
     }
 
+    /// Appends `event` to the audit log and counts it in `lakebed_kms_operations_total`.
     fn record(&self, event: AuditEvent) {
+        if let Ok(v) = serde_json::to_value(&event) {
+            let label = |k: &str| v[k].as_str().unwrap_or("unknown").to_owned();
+            metrics::counter!(
+                "lakebed_kms_operations_total",
+                "operation" => label("operation"),
+                "outcome" => label("outcome")
+            )
+            .increment(1);
+        }
         if let Err(e) = self.audit.record(&event) {
             tracing::error!(error = %e, "could not append to the keys audit log");
         }

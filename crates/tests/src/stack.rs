@@ -92,27 +92,72 @@ impl Stack {
         (state, boots)
     }
 
-    /// Edits the PGDATA of suspended `endpoint` in the page store: mounts its timeline with
-    /// a pagefs of the test's own, runs `edit` on the mount point, and unmounts (flushing).
+    /// Edits the PGDATA of suspended `endpoint` in the page store as an operator holding
+    /// the keys would: unwraps the tenant's DEKs with the local KMS provider's key file,
+    /// mounts the timeline with a pagefs of the test's own, runs `edit` on the mount point,
+    /// and unmounts (flushing).
     pub async fn edit_pgdata(&self, endpoint: &str, edit: impl FnOnce(&std::path::Path)) {
+        use base64::Engine;
+        use lakebed_keys::{EncryptionContext, KmsProvider, LocalKms, WrappedDek};
         let log = self.up.log_text();
         let addr = log
             .split("page store ready addr=")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no page store address in the log:\n{log}"));
-        let timeline = self.show(endpoint).await["timeline"]
+        let show = self.show(endpoint).await;
+        let timeline = show["timeline"]
             .as_str()
             .expect("the endpoint's timeline")
             .to_owned();
-        let mut fs = crate::PagefsProcess::start(
+        let tenant = show["tenant"]
+            .as_str()
+            .expect("the endpoint's tenant")
+            .to_owned();
+        let url = format!("http://{addr}");
+        // The lineage: the timeline and the template it was branched from.
+        let client = lakebed_pageserver_client::PageStoreClient::connect(
+            lakebed_pageserver_client::ClientOptions::new(url.clone()),
+        )
+        .await
+        .expect("connect to the page store");
+        let info = client
+            .describe_timeline(&timeline.parse().expect("a timeline id"))
+            .await
+            .expect("describe the timeline");
+        let mut lineage = timeline.clone();
+        if let Some((parent, _)) = info.parent {
+            lineage.push_str(&format!(" {parent}"));
+        }
+        let kms = LocalKms::open(self.dir.path().join("keys/local-master.key")).expect("key file");
+        let catalog =
+            lakebed_compute_manager::catalog::Catalog::open(&self.dir.path().join("catalog.db"))
+                .expect("the catalog");
+        let ctx =
+            EncryptionContext::for_tenant(&tenant, lakebed_compute_manager::tenant_keys::PURPOSE);
+        let mut keys = format!("tenant {tenant}\nlineage {lineage}\n");
+        for d in catalog
+            .deks(&tenant.parse().expect("a tenant name"))
+            .expect("the DEKs")
+        {
+            let wrapped = WrappedDek {
+                ciphertext: d.wrapped,
+                key_id: d.wrapped_by,
+            };
+            let dek = kms.decrypt(&wrapped, &ctx).await.expect("unwrap the DEK");
+            let b64 = base64::engine::general_purpose::STANDARD.encode(dek.as_bytes());
+            keys.push_str(&format!("dek {} {b64}\n", d.version));
+        }
+        keys.push_str("end\n");
+        let mut fs = crate::PagefsProcess::start_with_keys(
             self.dir.path(),
             &format!("edit-{endpoint}"),
-            &format!("http://{addr}"),
+            &url,
             &timeline,
-            &[],
+            &keys,
         )
-        .await;
+        .await
+        .unwrap_or_else(|log| panic!("pagefs of the edit did not mount:\n{log}"));
         edit(&fs.mountpoint);
         let status = fs.stop(nix::sys::signal::Signal::SIGTERM).await;
         assert!(status.success(), "pagefs of the edit: {status}");

@@ -178,4 +178,21 @@ async fn the_customer_rotates_moves_revokes_and_restores_the_key() {
         .unwrap();
     assert_eq!(stopped["tenant"], "default");
     assert_eq!(stopped["key_id"], k2.as_str());
+
+    // And /metrics counts the key operations by outcome.
+    let metrics = reqwest::get(format!("{}/metrics", stack.up.api_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("lakebed_kms_operations_total{")
+                && l.contains("operation=\"compute_stopped\"")
+                && l.contains("outcome=\"ok\"")
+        })
+        .unwrap_or_else(|| panic!("no compute_stopped count in:\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
 }
