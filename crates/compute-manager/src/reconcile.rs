@@ -53,6 +53,7 @@ pub async fn reconcile(
                 // Each leads its own process group (backends are in the postmaster's).
                 let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                wait_gone(Pid::from_raw(pid), grace).await;
                 stopped += 1;
             }
         } else if let Some(pid) = live_postmaster(&dir.pgdata()) {
@@ -114,13 +115,22 @@ async fn stop_orphan(pid: i32, grace: Duration) {
         if kill(pid, signal).is_err() {
             return; // already gone
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < deadline {
-            if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        wait_gone(pid, grace).await;
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            return;
         }
+    }
+}
+
+/// Waits (at most `grace`) until `pid` is gone or a zombie: a signal is delivered
+/// asynchronously, and the caller must not go on while the process still runs.
+async fn wait_gone(pid: Pid, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
