@@ -455,7 +455,28 @@ impl Manager {
             return None;
         };
         let stats = run.pagefs.as_ref()?.stats.lock().ok()?;
-        Some(*stats)
+        Some(stats.clone())
+    }
+
+    /// The page fetch latency histograms of running computes' pagefs, in the Prometheus
+    /// text format (appended to `/metrics`: pagefs runs in processes of its own, so its
+    /// histogram is rendered from its reports rather than recorded here).
+    pub fn pagefs_histograms(&self) -> String {
+        let mut out = String::new();
+        for e in self.inner.catalog.endpoints().unwrap_or_default() {
+            if let Some(s) = self.pagefs_stats(&e.name)
+                && !s.fetch_buckets.is_empty()
+            {
+                out.push_str(&s.fetch_histogram(e.name.as_str()));
+            }
+        }
+        if out.is_empty() {
+            return out;
+        }
+        format!(
+            "# HELP lakebed_pagefs_fetch_seconds Page fetches from the page store by latency, per running compute since it booted.\n\
+             # TYPE lakebed_pagefs_fetch_seconds histogram\n{out}"
+        )
     }
 
     /// The compute status of an endpoint (suspended if it has never been woken).

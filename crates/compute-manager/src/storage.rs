@@ -70,7 +70,7 @@ fn storage_error(endpoint: &str, what: &str, e: impl std::fmt::Display) -> Manag
 
 /// What a running pagefs last reported (its `stats` line, once a second): local cache and
 /// page store counters since it mounted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PagefsStats {
     /// Reads served by the local cache.
     pub hits: u64,
@@ -86,6 +86,10 @@ pub struct PagefsStats {
     pub fetched_pages: u64,
     /// Time spent in them, in seconds.
     pub fetch_seconds: f64,
+    /// Fetches per latency bucket (`lakebed_pageserver_client::pagefs::fs::FETCH_BUCKETS`,
+    /// then slower), not cumulative.
+    #[serde(default)]
+    pub fetch_buckets: Vec<u64>,
     /// Flushes (write batches sent) to the page store.
     pub flushes: u64,
     /// Page bytes flushed.
@@ -95,6 +99,30 @@ pub struct PagefsStats {
 }
 
 impl PagefsStats {
+    /// The page fetch latency histogram of `endpoint` in the Prometheus text format
+    /// (`lakebed_pagefs_fetch_seconds`, cumulative buckets, `_sum`, `_count`), without the
+    /// `# TYPE` line.
+    pub fn fetch_histogram(&self, endpoint: &str) -> String {
+        use lakebed_pageserver_client::pagefs::fs::FETCH_BUCKETS;
+        let mut out = String::new();
+        let mut cumulative = 0;
+        for (i, count) in self.fetch_buckets.iter().enumerate() {
+            cumulative += count;
+            let le = FETCH_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            out.push_str(&format!(
+                "lakebed_pagefs_fetch_seconds_bucket{{endpoint=\"{endpoint}\",le=\"{le}\"}} {cumulative}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "lakebed_pagefs_fetch_seconds_sum{{endpoint=\"{endpoint}\"}} {}\n\
+             lakebed_pagefs_fetch_seconds_count{{endpoint=\"{endpoint}\"}} {cumulative}\n",
+            self.fetch_seconds
+        ));
+        out
+    }
+
     /// Hits over lookups, if there were any.
     pub fn hit_ratio(&self) -> Option<f64> {
         let total = self.hits + self.misses;

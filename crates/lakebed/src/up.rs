@@ -48,6 +48,8 @@ async fn serve(config: Config) -> Result<()> {
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // This process unwraps tenants' DEKs at each wake: no core dump may hold them.
+    nix::sys::prctl::set_dumpable(false).context("making the process non-dumpable")?;
 
     // Everything that can fail for reasons outside the data dir (ports, TLS files) is tried
     // before the catalog is touched, so a failed first start leaves no endpoint or role
@@ -101,7 +103,9 @@ async fn serve(config: Config) -> Result<()> {
         let (manager, prometheus) = (manager.clone(), prometheus.clone());
         std::sync::Arc::new(move || {
             manager.record_gauges();
-            prometheus.render()
+            let mut text = prometheus.render();
+            text.push_str(&manager.pagefs_histograms());
+            text
         })
     };
     let server = tokio::spawn(api::serve(

@@ -91,9 +91,31 @@ async fn the_customer_rotates_moves_revokes_and_restores_the_key() {
     assert_eq!(keys["deks"][0]["version"], 1);
     assert_eq!(keys["deks"][0]["wrapped_by"], k1.as_str());
 
-    // Rotate: no downtime, data readable.
+    // Rotate: no page rewritten (the page store sees no write while the compute is
+    // suspended), no downtime, data readable.
+    let writes = || async {
+        let text = reqwest::get(format!("{}/metrics", stack.up.api_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("lakebed_pagestore_requests_total{") && l.contains("rpc=\"write\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = writes().await;
     let out = stack.cli(&["keys", "rotate", "default"]).await;
     assert!(out.contains("re-wrapped"), "{out}");
+    assert_eq!(
+        writes().await,
+        before,
+        "no page store write during the rotation"
+    );
+    assert!(before > 0.0, "the write counter is there");
     assert_eq!(count(&stack).await, 2000);
 
     // Move to K2, then disable K1: still readable, wakes work.

@@ -183,7 +183,33 @@ async fn counters_move_by_a_known_workload_of_three_connections_and_one_wake() {
     })
     .await
     .expect("pagefs figures on /metrics");
-    assert!(get(&pagefs, "lakebed_pagefs_fetches", &[("endpoint", "main")]) > 0.0);
+    let fetches = get(&pagefs, "lakebed_pagefs_fetches", &[("endpoint", "main")]);
+    assert!(fetches > 0.0);
+    // The fetch latency histogram: its count is at least the fetches reported before it
+    // (reports only grow), and its +Inf bucket equals its count.
+    let text = reqwest::get(&manager_metrics)
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("read /metrics");
+    assert!(
+        text.contains("# TYPE lakebed_pagefs_fetch_seconds histogram"),
+        "{text}"
+    );
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+    };
+    let count = value("lakebed_pagefs_fetch_seconds_count{endpoint=\"main\"}");
+    assert!(count >= fetches, "{count} < {fetches}");
+    assert_eq!(
+        value("lakebed_pagefs_fetch_seconds_bucket{endpoint=\"main\",le=\"+Inf\"}"),
+        count
+    );
     let status = lakebed(&dir, &["status"]).await.ok();
     let main = status
         .lines()

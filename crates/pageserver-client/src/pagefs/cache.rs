@@ -244,6 +244,11 @@ impl Cache {
         }
     }
 
+    /// Whether `(ino, block)` is cached (without touching its referenced bit).
+    pub fn contains(&self, ino: u64, block: u64) -> bool {
+        lock(&self.inner).index.contains_key(&(ino, block))
+    }
+
     /// Drops `(ino, block)` if cached.
     pub fn remove(&self, ino: u64, block: u64) {
         let mut inner = lock(&self.inner);

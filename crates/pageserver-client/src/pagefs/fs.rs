@@ -40,6 +40,9 @@ use crate::rpc::{PageStoreClient, RpcError, WriteBatch};
 
 const BS: u64 = BLOCK_SIZE as u64;
 
+/// Blocks fetched ahead of a sequential read: 512 KiB.
+const READAHEAD_BLOCKS: u64 = 64;
+
 /// Most keys in one page batch of a flush.
 const PAGE_BATCH_KEYS: usize = 2048;
 /// Most keys in one namespace or delete batch (the page store's cap is 65,536).
@@ -139,6 +142,8 @@ struct State {
     changed: HashMap<(u64, u64), u64>,
     /// Start seqs of registered fetches, with how many started there.
     inflight: BTreeMap<u64, usize>,
+    /// Per file: the block after the last one read, to tell sequential reads.
+    next_read: HashMap<u64, u64>,
 }
 
 impl State {
@@ -253,12 +258,20 @@ pub struct PageFs {
     keys: Option<Arc<DataKeys>>,
 }
 
+/// Upper bounds (seconds) of the page fetch latency histogram pagefs reports.
+pub const FETCH_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 /// Page store traffic since mount.
 #[derive(Debug, Default)]
 struct IoStats {
     fetches: AtomicU64,
     fetched_pages: AtomicU64,
     fetch_nanos: AtomicU64,
+    /// Fetches by latency: one count per bound of [`FETCH_BUCKETS`] (not cumulative), the
+    /// last for slower ones.
+    fetch_buckets: [AtomicU64; FETCH_BUCKETS.len() + 1],
     flushes: AtomicU64,
     flushed_bytes: AtomicU64,
 }
@@ -411,15 +424,21 @@ impl PageFs {
 
     /// The mount's counters as one JSON object: `hits`, `misses`, `evictions`,
     /// `cached_pages` (local cache), `fetches`, `fetched_pages`, `fetch_seconds` (page store
-    /// reads), `flushes`, `flushed_bytes` (page store writes), `dirty_bytes` (not yet
-    /// flushed).
+    /// reads), `fetch_buckets` (fetches per [`FETCH_BUCKETS`] bound, then slower),
+    /// `flushes`, `flushed_bytes` (page store writes), `dirty_bytes` (not yet flushed).
     pub fn stats_json(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let c = &self.cache.stats;
+        let buckets: Vec<String> = self
+            .io
+            .fetch_buckets
+            .iter()
+            .map(|b| get(b).to_string())
+            .collect();
         format!(
             "{{\"hits\":{},\"misses\":{},\"evictions\":{},\"cached_pages\":{},\
-             \"fetches\":{},\"fetched_pages\":{},\"fetch_seconds\":{:.6},\"flushes\":{},\
-             \"flushed_bytes\":{},\"dirty_bytes\":{}}}",
+             \"fetches\":{},\"fetched_pages\":{},\"fetch_seconds\":{:.6},\"fetch_buckets\":[{}],\
+             \"flushes\":{},\"flushed_bytes\":{},\"dirty_bytes\":{}}}",
             get(&c.hits),
             get(&c.misses),
             get(&c.evictions),
@@ -427,6 +446,7 @@ impl PageFs {
             get(&self.io.fetches),
             get(&self.io.fetched_pages),
             get(&self.io.fetch_nanos) as f64 / 1e9,
+            buckets.join(","),
             get(&self.io.flushes),
             get(&self.io.flushed_bytes),
             self.dirty_bytes(),
@@ -580,6 +600,7 @@ impl PageFs {
 
     /// Drops an unlinked, closed inode and queues its pages' deletion.
     fn free(&self, st: &mut State, ino: u64) {
+        st.next_read.remove(&ino);
         let Some(node) = st.nodes.remove(&ino) else {
             return;
         };
@@ -810,18 +831,28 @@ impl PageFs {
         size: u32,
         fetched: &Fetched,
     ) -> Result<Result<Vec<u8>, Need>, Errno> {
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
         let node = st.node(ino)?;
         if node.is_dir() {
             return Err(Errno::EISDIR);
         }
-        let end = (offset + u64::from(size)).min(node.rec.size);
+        let size_now = node.rec.size;
+        let end = (offset + u64::from(size)).min(size_now);
         if offset >= end {
             return Ok(Ok(Vec::new()));
         }
         let first = offset / BS;
-        let (pages, missing) = self.gather(&st, ino, first..end.div_ceil(BS), fetched)?;
+        let (pages, mut missing) = self.gather(&st, ino, first..end.div_ceil(BS), fetched)?;
+        // A read that starts where the previous one of this file ended is sequential: fetch
+        // ahead in the same call, so a scan costs one round trip per READAHEAD_BLOCKS.
+        let sequential = st.next_read.insert(ino, end.div_ceil(BS)) == Some(first);
         if !missing.is_empty() {
+            if sequential && let Some(&last) = missing.last() {
+                let limit = (last + 1 + READAHEAD_BLOCKS).min(size_now.div_ceil(BS));
+                missing.extend((last + 1..limit).filter(|b| {
+                    !st.pages.contains_key(&(ino, *b)) && !self.cache.contains(ino, *b)
+                }));
+            }
             return Ok(Err(Need { blocks: missing }));
         }
         drop(st);
@@ -1044,10 +1075,16 @@ impl PageFs {
         self.io
             .fetched_pages
             .fetch_add(need.blocks.len() as u64, Ordering::Relaxed);
+        let elapsed = started.elapsed();
         self.io.fetch_nanos.fetch_add(
-            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        let bucket = FETCH_BUCKETS
+            .iter()
+            .position(|&b| elapsed.as_secs_f64() <= b)
+            .unwrap_or(FETCH_BUCKETS.len());
+        self.io.fetch_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let read = result.map_err(|e| {
             tracing::error!(error = %e, ino, blocks = need.blocks.len(), "page fetch failed");
             Errno::EIO
