@@ -1030,7 +1030,18 @@ impl Manager {
 
     /// The tenant's keys: CMK, its state, wrapped DEK versions, last rotation.
     pub async fn keys_show(&self, tenant: &TenantName) -> Result<KeysView, ManagerError> {
-        self.keys()?.show(&self.inner.catalog, tenant).await
+        let mut view = self.keys()?.show(&self.inner.catalog, tenant).await?;
+        for e in self.inner.catalog.endpoints()? {
+            if e.tenant == *tenant
+                && let Some(status) = self.pagefs_stats(&e.name).and_then(|s| s.reseal)
+            {
+                view.reseal.push(crate::tenant_keys::ResealView {
+                    endpoint: e.name.to_string(),
+                    status,
+                });
+            }
+        }
+        Ok(view)
     }
 
     /// Rotates the tenant's CMK key material and re-wraps its DEKs (`ReEncrypt`); nothing

@@ -96,6 +96,20 @@ pub struct PagefsStats {
     pub flushed_bytes: u64,
     /// Page bytes written but not yet flushed.
     pub dirty_bytes: u64,
+    /// The re-seal of older pages after a rekey, while one runs or once it ran.
+    #[serde(default)]
+    pub reseal: Option<ResealStatus>,
+}
+
+/// Progress of a re-seal under the newest DEK version (after `lakebed keys rekey`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResealStatus {
+    /// Values of the timeline looked at.
+    pub scanned: u64,
+    /// Values re-sealed.
+    pub resealed: u64,
+    /// Whether the whole timeline was scanned.
+    pub done: bool,
 }
 
 impl PagefsStats {
@@ -442,10 +456,17 @@ impl Storage {
         // Reads the reports until pagefs exits (a closed pipe would kill it).
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
+                let mut latest = latest.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(json) = line.strip_prefix("stats ")
-                    && let Ok(s) = serde_json::from_str(json)
+                    && let Ok(s) = serde_json::from_str::<PagefsStats>(json)
                 {
-                    *latest.lock().unwrap_or_else(|p| p.into_inner()) = s;
+                    let reseal = latest.reseal.take();
+                    *latest = s;
+                    latest.reseal = reseal;
+                } else if let Some(json) = line.strip_prefix("reseal ")
+                    && let Ok(r) = serde_json::from_str(json)
+                {
+                    latest.reseal = Some(r);
                 }
             }
         });

@@ -107,6 +107,18 @@ pub struct KeysView {
     pub deks: Vec<DekView>,
     /// When the CMK was last rotated through Lakebed.
     pub rotated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Re-seals under the newest DEK version, per running compute of the tenant.
+    pub reseal: Vec<ResealView>,
+}
+
+/// One running compute's re-seal after a rekey.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResealView {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Its progress.
+    #[serde(flatten)]
+    pub status: crate::storage::ResealStatus,
 }
 
 /// A CMK as KMS describes it.
@@ -447,6 +459,7 @@ impl TenantKeys {
                 })
                 .collect(),
             rotated_at: record.rotated_at,
+            reseal: Vec::new(),
         })
     }
 

@@ -170,6 +170,55 @@ async fn the_customer_rotates_moves_revokes_and_restores_the_key() {
         .await
         .unwrap();
     assert_eq!(count(&stack).await, 2010);
+    // The compute re-seals the older pages in the background; `keys show` reports it.
+    let reseal = timeout(DEADLINE, async {
+        loop {
+            let keys = show(&["keys", "show", "default", "--json"]).await;
+            if let Some(r) = keys["reseal"].as_array().and_then(|r| r.first())
+                && r["done"] == true
+            {
+                return r.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the re-seal finishes");
+    assert_eq!(reseal["endpoint"], "main");
+    assert!(reseal["resealed"].as_u64().unwrap() > 100, "{reseal}");
+    // Every value of the timeline is now under DEK version 2 (header bytes 1..5).
+    let log = stack.up.log_text();
+    let addr = log
+        .split("page store ready addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    let client = lakebed_pageserver_client::PageStoreClient::connect(
+        lakebed_pageserver_client::ClientOptions::new(format!("http://{addr}")),
+    )
+    .await
+    .unwrap();
+    let timeline = stack.show("main").await["timeline"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, entries) = client
+        .scan_all(&timeline.parse().unwrap(), b"", None, None)
+        .await
+        .unwrap();
+    let sealed: Vec<_> = entries
+        .iter()
+        .filter(|(k, _)| !k.starts_with(b"t/"))
+        .collect();
+    assert!(sealed.len() > 100);
+    for (key, value) in sealed {
+        assert_eq!(
+            &value[1..5],
+            &2u32.to_be_bytes(),
+            "{key:?} is not under DEK version 2"
+        );
+    }
+    assert_eq!(count(&stack).await, 2010);
 
     // The audit log tells the story, without key material.
     let log = AuditLog::read_all(stack.dir.path().join("keys/audit.log")).unwrap();

@@ -66,6 +66,19 @@ pub async fn keys(api: &ApiClient, cmd: KeysCommand) -> Result<()> {
                 );
             }
             println!("rotated    {}", v["rotated_at"].as_str().unwrap_or("never"));
+            for r in v["reseal"].as_array().into_iter().flatten() {
+                println!(
+                    "re-seal    {}: {} of {} values re-sealed{}",
+                    r["endpoint"].as_str().unwrap_or("?"),
+                    r["resealed"],
+                    r["scanned"],
+                    if r["done"].as_bool() == Some(true) {
+                        ", done"
+                    } else {
+                        ", running"
+                    }
+                );
+            }
             for d in v["deks"].as_array().into_iter().flatten() {
                 println!(
                     "DEK v{:<4} wrapped by {} (created {}{})",
@@ -116,7 +129,7 @@ pub async fn keys(api: &ApiClient, cmd: KeysCommand) -> Result<()> {
                 )
                 .await?;
             println!(
-                "{tenant}: DEK version {} made; computes seal new writes under it from their next wake",
+                "{tenant}: DEK version {} made; from their next wake computes seal new writes under it and re-seal older pages in the background (see `lakebed keys show {tenant}`)",
                 v["dek_version"]
             );
         }

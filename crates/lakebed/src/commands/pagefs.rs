@@ -2,13 +2,13 @@
 //!
 //! The compute manager starts it with the mount's parameters as arguments (none secret),
 //! waits for the line `ready GENERATION` on standard output, reads a `stats {JSON}` line
-//! every second after it (cache and page store counters), and stops it with SIGTERM (or by
-//! unmounting). Logs go to standard error. The process is made non-dumpable first: it
+//! every second after it (cache and page store counters) and `reseal {JSON}` lines while
+//! pages are re-sealed after a rekey, and stops it with SIGTERM (or by unmounting). Logs go to standard error. The process is made non-dumpable first: it
 //! holds the per-boot key and plaintext pages.
 
 use anyhow::{Context, Result};
 use lakebed_pageserver_client::pagefs::data_key::DataKeys;
-use lakebed_pageserver_client::pagefs::{self, MountSpec, Options};
+use lakebed_pageserver_client::pagefs::{self, MountSpec, Options, Report};
 use lakebed_pageserver_client::{ClientOptions, ClientTls, PageStoreClient};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -73,16 +73,15 @@ async fn serve(args: PagefsArgs) -> Result<()> {
         client,
         spec,
         mount_span,
-        |generation| {
+        |report| {
             use std::io::Write;
+            let line = match report {
+                Report::Ready(generation) => format!("ready {generation}"),
+                Report::Stats(json) => format!("stats {json}"),
+                Report::Reseal(json) => format!("reseal {json}"),
+            };
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "ready {generation}");
-            let _ = out.flush();
-        },
-        |stats| {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "stats {stats}");
+            let _ = writeln!(out, "{line}");
             let _ = out.flush();
         },
         async {

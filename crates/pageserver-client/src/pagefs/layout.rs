@@ -88,6 +88,17 @@ pub fn parse_dirent(key: &[u8], value: &[u8]) -> Option<(u64, Vec<u8>, u64)> {
     Some((parent, key[9..].to_vec(), child))
 }
 
+/// Parses a page key into `(ino, block)`.
+pub fn parse_page_key(key: &[u8]) -> Option<(u64, u64)> {
+    match key {
+        [PAGE, rest @ ..] if rest.len() == 16 => Some((
+            u64::from_be_bytes(rest[..8].try_into().ok()?),
+            u64::from_be_bytes(rest[8..].try_into().ok()?),
+        )),
+        _ => None,
+    }
+}
+
 /// Splits a directory entry key into the parent and the rest (the name, or under a DEK the
 /// name's 16-byte HMAC).
 pub fn parse_dirent_key(key: &[u8]) -> Option<(u64, &[u8])> {

@@ -34,6 +34,17 @@ use crate::rpc::{PageStoreClient, RpcError};
 
 pub use fs::{Options, PageFs};
 
+/// What a mount tells the process that runs it.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// Mounted, with this generation.
+    Ready(Generation),
+    /// Counters ([`PageFs::stats_json`]), once a second and at the end.
+    Stats(String),
+    /// Progress of a re-seal after a rekey: `{"scanned":N,"resealed":N,"done":BOOL}`.
+    Reseal(String),
+}
+
 /// Default size of the local cache: 1 GiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
@@ -103,8 +114,8 @@ fn fresh_dir(dir: &Path) -> Result<(), MountError> {
 }
 
 /// Mounts `spec` (acquire, namespace load and mount run in `mount_span`, which ends once
-/// the mount is live), calls `ready` with the acquired generation once the mount is live, and
-/// serves until `stop` resolves (then unmounts) or someone unmounts it. Calls `on_stats` with
+/// the mount is live), reports [`Report::Ready`] once the mount is live, and serves until
+/// `stop` resolves (then unmounts) or someone unmounts it. Reports [`Report::Stats`] with
 /// [`PageFs::stats_json`] every second and once at the end. Flushes everything before
 /// returning and deletes the local directory.
 ///
@@ -115,8 +126,7 @@ pub async fn serve(
     client: PageStoreClient,
     mut spec: MountSpec,
     mount_span: tracing::Span,
-    ready: impl FnOnce(Generation),
-    on_stats: impl Fn(String) + Send + Sync + 'static,
+    report: impl Fn(Report) + Send + Sync + 'static,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), MountError> {
     let generation = client
@@ -125,10 +135,7 @@ pub async fn serve(
         .await?;
     fresh_dir(&spec.local_dir)?;
     let keys = spec.keys.take();
-    let result = serve_in(
-        client, &spec, keys, generation, mount_span, ready, on_stats, stop,
-    )
-    .await;
+    let result = serve_in(client, &spec, keys, generation, mount_span, report, stop).await;
     if let Err(e) = std::fs::remove_dir_all(&spec.local_dir) {
         tracing::warn!(dir = %spec.local_dir.display(), error = %e, "could not remove the local directory");
     }
@@ -142,8 +149,7 @@ async fn serve_in(
     keys: Option<data_key::DataKeys>,
     generation: Generation,
     mount_span: tracing::Span,
-    ready: impl FnOnce(Generation),
-    on_stats: impl Fn(String) + Send + Sync + 'static,
+    report: impl Fn(Report) + Send + Sync + 'static,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), MountError> {
     let key = Arc::new(
@@ -209,15 +215,37 @@ async fn serve_in(
         .map_err(local("start the FUSE threads"))?;
     tracing::info!(parent: &mount_span, mountpoint = %spec.mountpoint.display(), %generation, "mounted");
     drop(mount_span);
-    ready(generation);
-    let on_stats = Arc::new(on_stats);
+    let report = Arc::new(report);
+    report(Report::Ready(generation));
+    // After a rekey: older pages are re-sealed under the newest DEK version, in the
+    // background, reporting progress as `reseal` stats.
+    let resealer = {
+        let (fs, report) = (fs.clone(), report.clone());
+        tokio::spawn(async move {
+            let progress = |p: fs::ResealProgress| {
+                report(Report::Reseal(format!(
+                    "{{\"scanned\":{},\"resealed\":{},\"done\":{}}}",
+                    p.scanned, p.resealed, p.done
+                )))
+            };
+            match fs.reseal(progress).await {
+                Ok(p) if p.resealed > 0 => {
+                    tracing::info!(resealed = p.resealed, scanned = p.scanned, "re-seal done")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-seal stopped; it resumes at the next mount")
+                }
+            }
+        })
+    };
     let reporter = {
-        let (fs, on_stats) = (fs.clone(), on_stats.clone());
+        let (fs, report) = (fs.clone(), report.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                on_stats(fs.stats_json());
+                report(Report::Stats(fs.stats_json()));
             }
         })
     };
@@ -243,11 +271,12 @@ async fn serve_in(
     }
     flusher.abort();
     reporter.abort();
+    resealer.abort();
     // The handler flushed at destroy; this one reports whether anything is left.
     let flushed = fs.flush().await;
     let stats = fs.stats_json();
     tracing::info!(%stats, "unmounted");
-    on_stats(stats);
+    report(Report::Stats(stats));
     flushed.map_err(|_| MountError::FinalFlush)
 }
 
