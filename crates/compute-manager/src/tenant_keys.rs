@@ -159,11 +159,6 @@ fn kms_failed(tenant: &str, operation: &'static str, e: &KmsError) -> ManagerErr
             key_id: key_id.clone(),
             state: state.to_string(),
         },
-        KmsError::NotFound { key_id } => ManagerError::KeyUnavailable {
-            tenant: tenant.to_owned(),
-            key_id: key_id.clone(),
-            state: "not found".into(),
-        },
         other => ManagerError::KmsFailed {
             tenant: tenant.to_owned(),
             operation,
@@ -218,7 +213,15 @@ impl TenantKeys {
             .provider
             .describe_key(key_id)
             .await
-            .map_err(|e| kms_failed(name, "DescribeKey", &e))
+            .map_err(|e| match e {
+                // The tenant's own key gone: as good as revoked.
+                KmsError::NotFound { key_id } => ManagerError::KeyUnavailable {
+                    tenant: name.to_owned(),
+                    key_id,
+                    state: "not found".into(),
+                },
+                e => kms_failed(name, "DescribeKey", &e),
+            })
             .inspect_err(|e| {
                 if matches!(e, ManagerError::KeyUnavailable { .. }) {
                     self.record(AuditEvent::failed(

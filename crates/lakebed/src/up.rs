@@ -56,6 +56,9 @@ async fn serve(config: Config) -> Result<()> {
     // behind whose generated password nobody saw.
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // One `lakebed up` per data dir: a second would take the first one's computes for
+    // orphans and kill them. The lock goes with the process, however it ends.
+    let _lock = lock_data_dir(&config.data_dir)?;
     let pki = pki::ensure(&config.data_dir, &config.proxy.domain)?;
     let token = ensure_token(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.manager.listen)
@@ -178,8 +181,15 @@ async fn key_options(config: &Config) -> Result<KeyOptions> {
     let (provider, default_key): (std::sync::Arc<dyn KmsProvider>, Option<String>) =
         match config.keys.provider {
             KmsProviderKind::Local => {
-                let local =
-                    LocalKms::open(config.local_key_file()).context("keys.local_key_file")?;
+                let key_file = config.local_key_file();
+                if !key_file.exists() && local_keys_in_use(&config.data_dir)? {
+                    anyhow::bail!(
+                        "keys.local_key_file: {} is missing, but tenants' data keys are wrapped \
+                         by it: restore the file (a new one could not unwrap them)",
+                        key_file.display()
+                    );
+                }
+                let local = LocalKms::open(&key_file).context("keys.local_key_file")?;
                 local.warn_development_only();
                 (
                     std::sync::Arc::new(local),
@@ -207,6 +217,43 @@ async fn key_options(config: &Config) -> Result<KeyOptions> {
         check_interval: config.keys.check_interval.get(),
         default_key_id: default_key,
     })
+}
+
+/// Locks `<data_dir>/lakebed.lock` for this process, or says who holds it.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
+    let path = data_dir.join("lakebed.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "lakebed up is already running for data dir {} (it holds {})",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// Whether the catalog holds tenants whose DEKs the local provider wrapped.
+fn local_keys_in_use(data_dir: &Path) -> Result<bool> {
+    let path = data_dir.join("catalog.db");
+    if !path.exists() {
+        return Ok(false);
+    }
+    let catalog = lakebed_compute_manager::catalog::Catalog::open(&path)?;
+    Ok(catalog.tenants()?.iter().any(|t| {
+        t.kms_key_id
+            .as_deref()
+            .is_some_and(|k| k == LOCAL_KEY_ID || k == lakebed_keys::LOCAL_KEY_ALIAS)
+    }))
 }
 
 /// The page store computes use: `compute.pageserver_url`, or else one served from this

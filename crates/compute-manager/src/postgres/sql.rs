@@ -30,7 +30,14 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// Idempotent setup run at every boot: the users' group role and its grants.
+/// Idempotent setup run at every boot: the users' group role and its grants, and the
+/// removal of every way out of the database that a non-superuser could have been given.
+///
+/// Computes of all tenants run as one OS user, so a role that can run programs or read and
+/// write server files (`pg_execute_server_program`, `pg_read_server_files`,
+/// `pg_write_server_files`; PostgreSQL docs §22.5) could read every other compute's data
+/// directory. In PostgreSQL 15 `CREATEROLE` can grant those roles, so no catalog role has
+/// it, and at every boot any non-superuser loses `CREATEROLE` and membership in them.
 pub async fn bootstrap(client: &Client) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
@@ -40,7 +47,21 @@ pub async fn bootstrap(client: &Client) -> Result<(), tokio_postgres::Error> {
                  END IF;
              END $$;
              GRANT ALL ON SCHEMA public TO {USERS_ROLE};
-             GRANT ALL ON DATABASE postgres TO {USERS_ROLE};"
+             GRANT ALL ON DATABASE postgres TO {USERS_ROLE};
+             DO $$ DECLARE r record; BEGIN
+                 FOR r IN SELECT rolname FROM pg_roles WHERE rolcreaterole AND NOT rolsuper LOOP
+                     EXECUTE format('ALTER ROLE %I NOCREATEROLE', r.rolname);
+                 END LOOP;
+                 FOR r IN SELECT g.rolname AS granted, u.rolname AS member
+                          FROM pg_auth_members m
+                          JOIN pg_roles g ON g.oid = m.roleid
+                          JOIN pg_roles u ON u.oid = m.member
+                          WHERE g.rolname IN ('pg_execute_server_program',
+                                              'pg_read_server_files', 'pg_write_server_files')
+                            AND NOT u.rolsuper LOOP
+                     EXECUTE format('REVOKE %I FROM %I', r.granted, r.member);
+                 END LOOP;
+             END $$;"
         ))
         .await
 }
@@ -63,7 +84,7 @@ pub async fn sync_roles(
         // The verifier is a literal here: ALTER ROLE takes no bind parameters. It was
         // validated as SCRAM-SHA-256$... (base64 and '$', ':'), and is quoted regardless.
         let mut sql = format!(
-            "{verb} ROLE {ident} LOGIN CREATEDB CREATEROLE PASSWORD {};\n\
+            "{verb} ROLE {ident} LOGIN CREATEDB NOCREATEROLE PASSWORD {};\n\
              COMMENT ON ROLE {ident} IS {};\n",
             quote_literal(role.verifier.as_str()),
             quote_literal(MANAGED_MARK),
