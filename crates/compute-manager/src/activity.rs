@@ -52,6 +52,9 @@ async fn check(manager: &Manager, name: &EndpointName, slot: &Slot) {
     let Ok(endpoint) = manager.catalog().endpoint(name) else {
         return; // being deleted
     };
+    if let Some(reseal) = run.pagefs.as_mut().and_then(|fs| fs.finished_reseal()) {
+        manager.audit_reseal(&endpoint, reseal);
+    }
     if run.client.as_ref().is_none_or(|c| c.is_closed()) {
         run.client = run.postmaster.connect_system().await.ok();
     }

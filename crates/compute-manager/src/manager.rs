@@ -1121,6 +1121,20 @@ impl Manager {
         }
     }
 
+    /// Appends a finished re-seal of `endpoint`'s timeline to the keys audit log.
+    pub(crate) fn audit_reseal(
+        &self,
+        endpoint: &EndpointRecord,
+        status: crate::storage::ResealStatus,
+    ) {
+        if let (Some(keys), Ok(tenant)) = (
+            &self.inner.keys,
+            self.inner.catalog.tenant(&endpoint.tenant),
+        ) {
+            keys.record_reseal(&tenant, endpoint.name.as_str(), status);
+        }
+    }
+
     /// Runs [`Self::check_keys`] every `keys.check_interval` until shutdown.
     pub fn spawn_key_monitor(&self) -> Option<tokio::task::JoinHandle<()>> {
         let interval = self.inner.keys.as_ref()?.check_interval;

@@ -148,6 +148,8 @@ impl PagefsStats {
 pub(crate) struct Pagefs {
     /// Its latest report.
     pub(crate) stats: std::sync::Arc<std::sync::Mutex<PagefsStats>>,
+    /// Whether a finished re-seal was already handed out by [`Pagefs::finished_reseal`].
+    reseal_seen: bool,
     child: Child,
     mountpoint: PathBuf,
     local_dir: PathBuf,
@@ -473,6 +475,7 @@ impl Storage {
         tracing::info!(endpoint, %timeline, generation, "pagefs mounted");
         Ok(Pagefs {
             stats,
+            reseal_seen: false,
             child,
             mountpoint: mountpoint.to_owned(),
             local_dir: local_dir.to_owned(),
@@ -498,6 +501,16 @@ struct MountAt<'a> {
 struct TemplateDir(PathBuf);
 
 impl Pagefs {
+    /// A re-seal that finished and re-sealed something, once (for the audit log).
+    pub(crate) fn finished_reseal(&mut self) -> Option<ResealStatus> {
+        let r = self.stats.lock().ok()?.reseal?;
+        if self.reseal_seen || !r.done || r.resealed == 0 {
+            return None;
+        }
+        self.reseal_seen = true;
+        Some(r)
+    }
+
     /// The exit status, if pagefs has exited.
     pub(crate) fn try_exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()

@@ -466,6 +466,26 @@ impl TenantKeys {
         })
     }
 
+    /// Records that a compute finished re-sealing its timeline under the newest DEK.
+    pub(crate) fn record_reseal(
+        &self,
+        tenant: &TenantRecord,
+        endpoint: &str,
+        status: crate::storage::ResealStatus,
+    ) {
+        let key_id = tenant.kms_key_id.as_deref().unwrap_or("-");
+        self.record(
+            AuditEvent::ok(tenant.name.as_str(), key_id, AuditOperation::Rekey).with_detail(
+                serde_json::json!({
+                    "endpoint": endpoint,
+                    "reseal": "done",
+                    "scanned": status.scanned,
+                    "resealed": status.resealed,
+                }),
+            ),
+        );
+    }
+
     /// Records that a compute was stopped because its tenant's key was revoked.
     pub(crate) fn record_stop(&self, tenant: &str, key_id: &str, endpoint: &str) {
         self.record(

@@ -247,6 +247,24 @@ async fn the_customer_rotates_moves_revokes_and_restores_the_key() {
         .map(|e| serde_json::to_value(e).unwrap())
         .find(|e| e["operation"] == "compute_stopped")
         .unwrap();
+    // The re-seal's completion is audited too (the monitor hands it over within a poll).
+    let resealed = timeout(DEADLINE, async {
+        loop {
+            let log = AuditLog::read_all(stack.dir.path().join("keys/audit.log")).unwrap();
+            if let Some(e) = log
+                .iter()
+                .map(|e| serde_json::to_value(e).unwrap())
+                .find(|e| e["operation"] == "rekey" && e["detail"]["reseal"] == "done")
+            {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the re-seal is audited");
+    assert_eq!(resealed["detail"]["endpoint"], "main");
+    assert_eq!(resealed["detail"]["resealed"], reseal["resealed"]);
     assert_eq!(stopped["tenant"], "default");
     assert_eq!(stopped["key_id"], k2.as_str());
 
