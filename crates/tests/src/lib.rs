@@ -42,6 +42,7 @@ use tokio_postgres::{Client, NoTls};
 pub mod clients;
 pub mod moto;
 pub mod otlp;
+pub mod prom;
 pub mod stack;
 pub mod wire;
 

@@ -2,55 +2,8 @@
 //! proxy's API parse as the Prometheus text format (with `prometheus-parse`), and counters
 //! move by exactly what a known workload does.
 
-use std::collections::HashMap;
-
+use lakebed_tests::prom::{get, scrape};
 use lakebed_tests::{DataDir, LakebedUp, connect_via_proxy, lakebed};
-
-/// Samples by (metric name, sorted labels).
-type Samples = HashMap<(String, Vec<(String, String)>), f64>;
-
-/// Fetches `url` and parses it as Prometheus text.
-async fn scrape(url: &str) -> Samples {
-    let text = reqwest::get(url)
-        .await
-        .expect("scrape /metrics")
-        .error_for_status()
-        .expect("/metrics answers 200")
-        .text()
-        .await
-        .expect("read /metrics");
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let parsed =
-        prometheus_parse::Scrape::parse(lines).expect("/metrics parses as Prometheus text");
-    parsed
-        .samples
-        .into_iter()
-        .filter_map(|s| {
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => return None,
-            };
-            let mut labels: Vec<(String, String)> = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            labels.sort();
-            Some(((s.metric, labels), value))
-        })
-        .collect()
-}
-
-fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    want.sort();
-    m.get(&(name.to_owned(), want)).copied().unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_by_a_known_workload_of_three_connections_and_one_wake() {

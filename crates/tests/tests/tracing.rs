@@ -3,11 +3,10 @@
 //! OTLP endpoint is configured, and `lakebed pageserver` continues a client's trace over gRPC
 //! and counts its requests on `/metrics`.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use lakebed_pageserver_client::{ClientOptions, PageStoreClient, RpcError, TimelineId, WriteBatch};
 use lakebed_tests::otlp::{OtlpReceiver, ReceivedSpan, ancestors};
+use lakebed_tests::prom::{get, scrape, scrape_all};
 use lakebed_tests::{Stack, connect_tls, tls};
 use nix::sys::signal::Signal;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -223,7 +222,7 @@ async fn spans_still_queued_at_sigterm_are_sent_before_lakebed_up_exits() {
     let metrics = format!("{}/metrics", s.up.api_url);
     let deadline = tokio::time::Instant::now() + lakebed_tests::DEADLINE;
     loop {
-        let (now, _) = scrape(&metrics).await;
+        let now = scrape(&metrics).await;
         if get(&now, "lakebed_proxy_connections_accepted_total", &[]) == 1.0
             && get(&now, "lakebed_proxy_connections_active", &[]) == 0.0
         {
@@ -255,52 +254,6 @@ async fn spans_still_queued_at_sigterm_are_sent_before_lakebed_up_exits() {
     );
 }
 
-/// Samples by (metric name, sorted labels): counters, gauges and untyped (a histogram's
-/// `_count` and `_sum`).
-type Samples = HashMap<(String, Vec<(String, String)>), f64>;
-
-async fn scrape(url: &str) -> (Samples, Vec<prometheus_parse::Sample>) {
-    let text = reqwest::get(url)
-        .await
-        .expect("scrape /metrics")
-        .error_for_status()
-        .expect("/metrics answers 200")
-        .text()
-        .await
-        .expect("read /metrics");
-    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("/metrics parses as Prometheus text");
-    let flat = parsed
-        .samples
-        .iter()
-        .filter_map(|s| {
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => return None,
-            };
-            let mut labels: Vec<(String, String)> = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            labels.sort();
-            Some(((s.metric.clone(), labels), value))
-        })
-        .collect();
-    (flat, parsed.samples)
-}
-
-fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    want.sort();
-    m.get(&(name.to_owned(), want)).copied().unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pageserver_metrics_count_requests_by_rpc_and_outcome_and_bytes() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -315,7 +268,7 @@ async fn pageserver_metrics_count_requests_by_rpc_and_outcome_and_bytes() {
         ps.metrics_addr
             .expect("the page server prints its metrics address")
     );
-    let (before, _) = scrape(&metrics_url).await;
+    let before = scrape(&metrics_url).await;
 
     let client = PageStoreClient::connect(ClientOptions::new(ps.url()))
         .await
@@ -357,7 +310,7 @@ async fn pageserver_metrics_count_requests_by_rpc_and_outcome_and_bytes() {
         .expect_err("no such timeline");
     assert!(matches!(err, RpcError::NotFound { .. }), "{err:?}");
 
-    let (after, samples) = scrape(&metrics_url).await;
+    let (after, samples) = scrape_all(&metrics_url).await;
     let delta = |name: &str, labels: &[(&str, &str)]| {
         get(&after, name, labels) - get(&before, name, labels)
     };

@@ -18,7 +18,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use super::fs::{Fetched, Node, PageFs};
+use super::fs::{Fetched, Need, Node, PageFs};
 use super::layout::{BLOCK_SIZE, Kind};
 
 /// How long the kernel may cache attributes and entries. Every change passes through this
@@ -125,17 +125,9 @@ impl Filesystem for Fuse {
                         fs.set_meta(ino, mode, mtime).map(|n| (ino, n))
                     };
                     self.rt.spawn(async move {
-                        let result = async {
-                            let fetched = fs.fetch(ino, need).await?;
-                            let truncated = fs.truncate(ino, size, &fetched);
-                            fs.done(fetched);
-                            match truncated? {
-                                Ok(_) => attr_of(&fs, ino),
-                                // Changed again meanwhile: the caller may retry.
-                                Err(_) => Err(Errno::EAGAIN),
-                            }
-                        }
-                        .await;
+                        let result = with_fetched(&fs, ino, need, |f| fs.truncate(ino, size, f))
+                            .await
+                            .and_then(|_| attr_of(&fs, ino));
                         match result {
                             Ok((ino, n)) => reply.attr(&TTL, &attr(fs.options(), ino, &n)),
                             Err(e) => reply.error(e),
@@ -258,22 +250,10 @@ impl Filesystem for Fuse {
             Ok(Err(need)) => {
                 let fs = self.fs.clone();
                 self.rt.spawn(async move {
-                    let mut need = need;
-                    // Retried only if the file changed during the fetch.
-                    for _ in 0..8 {
-                        let fetched = match fs.fetch(ino, need).await {
-                            Ok(f) => f,
-                            Err(e) => return reply.error(e),
-                        };
-                        let read = fs.read(ino, offset, size, &fetched);
-                        fs.done(fetched);
-                        match read {
-                            Ok(Ok(data)) => return reply.data(&data),
-                            Err(e) => return reply.error(e),
-                            Ok(Err(n)) => need = n,
-                        }
+                    match with_fetched(&fs, ino, need, |f| fs.read(ino, offset, size, f)).await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => reply.error(e),
                     }
-                    reply.error(Errno::EAGAIN);
                 });
             }
         }
@@ -306,21 +286,10 @@ impl Filesystem for Fuse {
                 let fs = self.fs.clone();
                 let data = data.to_vec();
                 self.rt.spawn(async move {
-                    let mut need = need;
-                    for _ in 0..8 {
-                        let fetched = match fs.fetch(ino, need).await {
-                            Ok(f) => f,
-                            Err(e) => return reply.error(e),
-                        };
-                        let written = fs.write(ino, offset, &data, &fetched);
-                        fs.done(fetched);
-                        match written {
-                            Ok(Ok(n)) => return reply.written(n),
-                            Err(e) => return reply.error(e),
-                            Ok(Err(n)) => need = n,
-                        }
+                    match with_fetched(&fs, ino, need, |f| fs.write(ino, offset, &data, f)).await {
+                        Ok(n) => reply.written(n),
+                        Err(e) => reply.error(e),
                     }
-                    reply.error(Errno::EAGAIN);
                 });
             }
         }
@@ -432,6 +401,26 @@ impl Filesystem for Fuse {
         // Mounted with default_permissions: the kernel checks modes itself.
         reply.ok();
     }
+}
+
+/// Fetches what `attempt` needs and runs it again, until it completes. It asks again only
+/// for blocks that changed during a fetch; after 8 rounds the caller gets `EAGAIN`.
+async fn with_fetched<T>(
+    fs: &PageFs,
+    ino: u64,
+    mut need: Need,
+    attempt: impl Fn(&Fetched) -> Result<Result<T, Need>, Errno>,
+) -> Result<T, Errno> {
+    for _ in 0..8 {
+        let fetched = fs.fetch(ino, need).await?;
+        let result = attempt(&fetched);
+        fs.done(fetched);
+        match result? {
+            Ok(done) => return Ok(done),
+            Err(again) => need = again,
+        }
+    }
+    Err(Errno::EAGAIN)
 }
 
 fn attr(o: &super::fs::Options, ino: u64, n: &Node) -> FileAttr {
