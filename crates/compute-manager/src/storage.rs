@@ -259,25 +259,25 @@ impl Storage {
                 .create_timeline(&id, None)
                 .await
                 .map_err(|e| fail("creating the template", e))?;
-            let dir = TemplateDir(data_dir.join("template"));
-            let _ = remove_dir_if_exists(&dir.0);
-            std::fs::create_dir_all(&dir.0).map_err(ManagerError::io(&dir.0))?;
+            let dir = data_dir.join("template");
+            let _ = remove_dir_if_exists(&dir);
+            std::fs::create_dir_all(&dir).map_err(ManagerError::io(&dir))?;
             let input = keys.map(|k| k.pagefs_input(&[name.as_str()]));
             let mut fs = self
                 .mount(
                     &name,
                     &id,
                     MountAt {
-                        mountpoint: &dir.0.join("pgdata"),
-                        local_dir: &dir.0.join("local"),
-                        log_file: &dir.0.join("pagefs.log"),
+                        mountpoint: &dir.join("pgdata"),
+                        local_dir: &dir.join("local"),
+                        log_file: &dir.join("pagefs.log"),
                     },
                     user,
                     input,
                 )
                 .await?;
             let made =
-                crate::postgres::initdb(install, user, &dir.0.join("pgdata"), &dir.0, &name).await;
+                crate::postgres::initdb(install, user, &dir.join("pgdata"), &dir, &name).await;
             let unmounted = fs.stop(Duration::from_secs(30)).await;
             made?;
             if !unmounted.is_some_and(|s| s.success()) {
@@ -301,7 +301,7 @@ impl Storage {
                 )
                 .await
                 .map_err(|e| fail("marking the template", e))?;
-            let _ = remove_dir_if_exists(&dir.0);
+            let _ = remove_dir_if_exists(&dir);
             tracing::info!(template = %id, ms = started.elapsed().as_millis() as u64, "template made");
         }
         cached.insert(name, id.clone());
@@ -497,9 +497,6 @@ struct MountAt<'a> {
     log_file: &'a Path,
 }
 
-/// A throwaway directory for building a template.
-struct TemplateDir(PathBuf);
-
 impl Pagefs {
     /// A re-seal that finished and re-sealed something, once (for the audit log).
     pub(crate) fn finished_reseal(&mut self) -> Option<ResealStatus> {
@@ -540,7 +537,7 @@ impl Pagefs {
 }
 
 /// Whether something is mounted at `path`.
-pub(crate) fn is_mounted(path: &Path) -> bool {
+pub fn is_mounted(path: &Path) -> bool {
     let target = path.to_string_lossy();
     std::fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
@@ -549,7 +546,7 @@ pub(crate) fn is_mounted(path: &Path) -> bool {
 }
 
 /// Detaches a mount at `path` if there is one (`umount -l`: also works on a dead FUSE mount).
-pub(crate) fn detach(path: &Path) {
+pub fn detach(path: &Path) {
     if is_mounted(path) {
         let ok = std::process::Command::new("umount")
             .arg("-l")

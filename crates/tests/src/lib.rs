@@ -783,18 +783,30 @@ impl PagefsProcess {
     }
 }
 
-/// `umount -l PATH` if something is mounted there.
-pub fn detach(path: &Path) {
-    let mounted = std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&*path.to_string_lossy()));
-    if mounted {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(path)
-            .status();
+pub use lakebed_compute_manager::storage::{detach, is_mounted};
+
+/// Every regular file under `dir` (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
     }
+    out
+}
+
+/// Whether `needle` occurs in `haystack` (a byte scan for plaintext markers).
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 impl Drop for PagefsProcess {

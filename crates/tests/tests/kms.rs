@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use lakebed_keys::AuditLog;
-use lakebed_tests::DEADLINE;
 use lakebed_tests::moto::Moto;
 use lakebed_tests::stack::Stack;
+use lakebed_tests::{DEADLINE, contains_bytes};
 use tokio::time::timeout;
 
 /// A new CMK in the customer's account: `(key id, ARN)`.
@@ -20,10 +20,6 @@ async fn new_key(admin: &lakebed_keys::aws_sdk_kms::Client) -> (String, String) 
     let out = admin.create_key().send().await.unwrap();
     let meta = out.key_metadata.unwrap();
     (meta.key_id().to_owned(), meta.arn().unwrap().to_owned())
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 async fn count(stack: &Stack) -> i64 {
@@ -72,7 +68,7 @@ async fn the_customer_rotates_moves_revokes_and_restores_the_key() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         scanned += bytes.len();
         assert!(
-            !contains(&bytes, marker.as_bytes()),
+            !contains_bytes(&bytes, marker.as_bytes()),
             "plaintext row in the page store"
         );
     }

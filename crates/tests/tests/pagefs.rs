@@ -7,7 +7,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use lakebed_pageserver_client::{ClientOptions, PageStoreClient, TimelineId};
-use lakebed_tests::{DEADLINE, DataDir, PageServerProcess, PagefsProcess};
+use lakebed_tests::{
+    DEADLINE, DataDir, PageServerProcess, PagefsProcess, contains_bytes, files_under,
+};
 use nix::sys::signal::Signal;
 
 async fn timeline(server: &PageServerProcess, id: &str) -> TimelineId {
@@ -77,28 +79,6 @@ async fn contents_and_namespace_survive_a_remount() {
     assert_eq!(names, ["big", "new"]);
 }
 
-/// Every byte of every regular file under `dir`.
-fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                out.push((e.path(), std::fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 /// Reads `path` with O_DIRECT (`dd iflag=direct`), past the kernel's page cache, so the
 /// read reaches pagefs. `Err` carries dd's message.
 fn read_direct(path: &Path) -> Result<Vec<u8>, String> {
@@ -138,7 +118,13 @@ async fn local_files_hold_only_ciphertext_and_a_flipped_byte_is_eio() {
         &page[..100]
     );
 
-    let local = files_under(&fs.local_dir);
+    let local: Vec<_> = files_under(&fs.local_dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
     let cache = local
         .iter()
         .find(|(p, _)| p.file_name().is_some_and(|n| n == "cache"))
@@ -147,7 +133,7 @@ async fn local_files_hold_only_ciphertext_and_a_flipped_byte_is_eio() {
     assert!(local.len() >= 2, "a scratch file exists too: {local:?}");
     for (path, bytes) in &local {
         assert!(
-            !contains(bytes, &marker[..12]),
+            !contains_bytes(bytes, &marker[..12]),
             "plaintext in {}",
             path.display()
         );
@@ -343,10 +329,11 @@ async fn under_a_dek_the_page_store_holds_only_ciphertext_and_other_keys_cannot_
     assert!(fs.stop(Signal::SIGTERM).await.success());
 
     // Nothing of it in the page store's files: not the rows, not the file names.
-    for (path, bytes) in files_under(&dir.path().join("pageserver")) {
+    for path in files_under(&dir.path().join("pageserver")) {
+        let bytes = std::fs::read(&path).unwrap();
         for needle in [&marker[..12], b"customer_table_dir"] {
             assert!(
-                !contains(&bytes, needle),
+                !contains_bytes(&bytes, needle),
                 "{needle:?} in {}",
                 path.display()
             );

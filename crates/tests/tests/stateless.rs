@@ -10,44 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lakebed_tests::stack::Stack;
-use lakebed_tests::{DEADLINE, POLL_INTERVAL};
+use lakebed_tests::{DEADLINE, POLL_INTERVAL, contains_bytes, files_under, is_mounted};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::timeout;
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Every regular file under `dir` (none if it does not exist).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => out.push(e.path()),
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
 fn endpoint_dir(stack: &Stack, endpoint: &str) -> PathBuf {
     stack.dir.path().join("endpoints").join(endpoint)
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let target = path.canonicalize().unwrap_or(path.to_path_buf());
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&*target.to_string_lossy()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +50,7 @@ async fn rows_survive_a_suspend_and_nothing_readable_stays_on_the_compute() {
     for path in local.iter().chain(files_under(&ep.join("run")).iter()) {
         let bytes = std::fs::read(path).unwrap();
         assert!(
-            !contains(&bytes, marker.as_bytes()),
+            !contains_bytes(&bytes, marker.as_bytes()),
             "plaintext row in {}",
             path.display()
         );
