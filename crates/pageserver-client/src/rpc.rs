@@ -151,6 +151,24 @@ pub enum RpcError {
         /// The server's message.
         message: String,
     },
+    /// A read, scan or branch point below the timeline's GC horizon: that history has been
+    /// collected (or is outside `pageserver.history_retention`). Nothing was changed.
+    #[error("{message}")]
+    BelowHorizon {
+        /// The timeline.
+        timeline: String,
+        /// The oldest seq the timeline can still be read or branched at.
+        horizon: Seq,
+        /// The server's message, naming the horizon.
+        message: String,
+    },
+    /// The page store's disk is full: nothing was written. Retrying later succeeds once
+    /// space returns.
+    #[error("page store disk full: {message}")]
+    DiskFull {
+        /// The server's message.
+        message: String,
+    },
     /// The page store could not be reached, or did not answer, within
     /// [`ClientOptions::total_timeout`].
     #[error("page store unavailable after {after:?} ({attempts} attempts): {last}")]
@@ -188,6 +206,30 @@ pub struct TimelineInfo {
     pub last_seq: Seq,
     /// For a branch: the parent and the parent's seq it was branched at.
     pub parent: Option<(TimelineId, Seq)>,
+    /// Reads and branches below this seq are refused (0: all history kept).
+    pub gc_horizon: Seq,
+}
+
+/// What one timeline's garbage collection did, as [`PageStoreClient::gc`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcTimeline {
+    /// The timeline.
+    pub timeline: String,
+    /// The horizon collected up to.
+    pub horizon: Seq,
+    /// Versions (puts and tombstones) removed.
+    pub versions_removed: u64,
+}
+
+/// What [`PageStoreClient::gc`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Per timeline collected.
+    pub timelines: Vec<GcTimeline>,
+    /// Bytes of the store's files on disk before.
+    pub bytes_before: u64,
+    /// Bytes of the store's files on disk after.
+    pub bytes_after: u64,
 }
 
 /// A batch of puts and deletes for [`PageStoreClient::write`], applied atomically under one
@@ -415,6 +457,36 @@ impl PageStoreClient {
             generation: Generation(resp.generation),
             last_seq: Seq(resp.last_seq),
             parent,
+            gc_horizon: Seq(resp.gc_horizon),
+        })
+    }
+
+    /// Collects history now (of timeline `id`, or of every timeline): versions older than the
+    /// retention window that neither a read within it nor a branch point needs. Returns what
+    /// was freed.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::NotFound`] (no such timeline).
+    pub async fn gc(&self, id: Option<&TimelineId>) -> Result<GcReport, RpcError> {
+        let req = proto::GcRequest {
+            timeline: id.map(ToString::to_string),
+        };
+        let resp = self
+            .call(|mut stub, r| async move { stub.gc(r).await }, req)
+            .await?;
+        Ok(GcReport {
+            timelines: resp
+                .timelines
+                .into_iter()
+                .map(|t| GcTimeline {
+                    timeline: t.timeline,
+                    horizon: Seq(t.horizon),
+                    versions_removed: t.versions_removed,
+                })
+                .collect(),
+            bytes_before: resp.bytes_before,
+            bytes_after: resp.bytes_after,
         })
     }
 
@@ -683,6 +755,13 @@ fn map_status(status: Status) -> RpcError {
                     current,
                 };
             }
+            Ok(Reason::BelowGcHorizon) => {
+                return RpcError::BelowHorizon {
+                    timeline: d.timeline.clone(),
+                    horizon: Seq(d.horizon),
+                    message,
+                };
+            }
             _ => {}
         }
     }
@@ -691,6 +770,7 @@ fn map_status(status: Status) -> RpcError {
         Code::AlreadyExists => RpcError::AlreadyExists { message },
         Code::InvalidArgument => RpcError::InvalidArgument { message },
         Code::FailedPrecondition => RpcError::FailedPrecondition { message },
+        Code::ResourceExhausted => RpcError::DiskFull { message },
         code => RpcError::Server {
             code,
             message: status_text(&status),
@@ -730,6 +810,7 @@ mod tests {
             timeline: "ep".into(),
             sent_generation: 1,
             current_generation: 2,
+            horizon: 0,
         };
         let status = Status::with_details(
             Code::FailedPrecondition,
@@ -761,6 +842,25 @@ mod tests {
                 code: Code::Internal,
                 ..
             }
+        ));
+        let detail = ErrorDetail {
+            reason: Reason::BelowGcHorizon as i32,
+            timeline: "ep".into(),
+            horizon: 42,
+            ..ErrorDetail::default()
+        };
+        let status = Status::with_details(
+            Code::OutOfRange,
+            "timeline ep: 7 is below the gc horizon 42",
+            Bytes::from(detail.encode_to_vec()),
+        );
+        assert!(matches!(
+            map_status(status),
+            RpcError::BelowHorizon { timeline, horizon: Seq(42), .. } if timeline == "ep"
+        ));
+        assert!(matches!(
+            map_status(Status::resource_exhausted("no space")),
+            RpcError::DiskFull { message } if message == "no space"
         ));
         // Garbage details don't hide the code.
         let status = Status::with_details(Code::NotFound, "gone", Bytes::from_static(b"\xff\xff"));

@@ -13,15 +13,17 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::service::PageStoreService;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 
 /// Where and how to serve.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// Address to listen on; port 0 picks a free port (see [`PageServer::local_addr`]).
     pub listen: SocketAddr,
-    /// Directory of the store file (created if missing).
+    /// Directory of the store's files (created if missing).
     pub data_dir: PathBuf,
+    /// History retention, GC interval and cache sizes.
+    pub store: StoreOptions,
     /// Serve TLS instead of plaintext HTTP/2.
     pub tls: Option<ServerTls>,
 }
@@ -111,7 +113,8 @@ impl PageServer {
                 .map_err(|e| ServerError::Tls(lakebed_pageserver_api::error_chain(&e)))?;
         }
         let dir = options.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        let store_options = options.store.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, store_options))
             .await
             .map_err(|e| StoreError::Open {
                 path: options.data_dir.clone(),
@@ -150,15 +153,40 @@ impl PageServer {
     ///
     /// [`ServerError::Serve`].
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let service = PageStoreServer::new(PageStoreService::new(self.store))
+        let service = PageStoreServer::new(PageStoreService::new(self.store.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let gauges = tokio::spawn(report_gauges(self.store.clone()));
         let mut builder = self.builder;
-        builder
+        let result = builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .await;
+        gauges.abort();
+        result?;
         Ok(())
+    }
+}
+
+/// Publishes the store's figures as gauges every few seconds:
+/// `lakebed_pagestore_disk_bytes`, `lakebed_pagestore_layers`,
+/// `lakebed_pagestore_memtable_bytes`, `lakebed_pagestore_cache_bytes`, and the counters
+/// `lakebed_pagestore_log_syncs_total` and `lakebed_pagestore_entries_visited_total`.
+async fn report_gauges(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let s = store.clone();
+        let Ok(stats) = tokio::task::spawn_blocking(move || s.stats()).await else {
+            return;
+        };
+        metrics::gauge!("lakebed_pagestore_disk_bytes").set(stats.disk_bytes as f64);
+        metrics::gauge!("lakebed_pagestore_layers").set(stats.layers as f64);
+        metrics::gauge!("lakebed_pagestore_memtable_bytes").set(stats.memtable_bytes as f64);
+        metrics::gauge!("lakebed_pagestore_cache_bytes").set(stats.cache_bytes as f64);
+        metrics::counter!("lakebed_pagestore_log_syncs_total").absolute(stats.log_syncs);
+        metrics::counter!("lakebed_pagestore_entries_visited_total")
+            .absolute(stats.entries_visited);
     }
 }

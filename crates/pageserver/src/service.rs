@@ -27,8 +27,8 @@ use lakebed_pageserver_api::proto::page_store_server::PageStore;
 use lakebed_pageserver_api::proto::{
     AcquireRequest, AcquireResponse, BranchPoint, CreateTimelineRequest, CreateTimelineResponse,
     DeleteTimelineRequest, DeleteTimelineResponse, DescribeTimelineRequest,
-    DescribeTimelineResponse, Entry, ErrorDetail, MaybeValue, ReadRequest, ReadResponse,
-    ScanRequest, ScanResponse, WriteRequest, WriteResponse,
+    DescribeTimelineResponse, Entry, ErrorDetail, GcRequest, GcResponse, GcTimeline, MaybeValue,
+    ReadRequest, ReadResponse, ScanRequest, ScanResponse, WriteRequest, WriteResponse,
 };
 use lakebed_pageserver_api::{Generation, Seq, TimelineId};
 use prost::Message;
@@ -49,7 +49,7 @@ impl PageStoreService {
         Self { store }
     }
 
-    /// Runs `op` on the store on a blocking thread (redb does synchronous I/O and fsync).
+    /// Runs `op` on the store on a blocking thread (the store does synchronous file I/O and waits on fsync).
     async fn run<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
@@ -80,6 +80,7 @@ fn with_detail(
     reason: Reason,
     timeline: &TimelineId,
     generations: Option<(Generation, Generation)>,
+    horizon: Option<Seq>,
 ) -> Status {
     let (sent, current) = generations.unwrap_or_default();
     let detail = ErrorDetail {
@@ -87,6 +88,7 @@ fn with_detail(
         timeline: timeline.to_string(),
         sent_generation: sent.0,
         current_generation: current.0,
+        horizon: horizon.map_or(0, |h| h.0),
     };
     Status::with_details(code, message, Bytes::from(detail.encode_to_vec()))
 }
@@ -95,9 +97,14 @@ fn with_detail(
 fn to_status(error: StoreError) -> Status {
     let message = error.to_string();
     match &error {
-        StoreError::NotFound(t) | StoreError::ParentNotFound(t) => {
-            with_detail(Code::NotFound, message, Reason::TimelineNotFound, t, None)
-        }
+        StoreError::NotFound(t) | StoreError::ParentNotFound(t) => with_detail(
+            Code::NotFound,
+            message,
+            Reason::TimelineNotFound,
+            t,
+            None,
+            None,
+        ),
         StoreError::AlreadyExists(_) => Status::already_exists(message),
         StoreError::StaleGeneration {
             timeline,
@@ -109,6 +116,7 @@ fn to_status(error: StoreError) -> Status {
             Reason::StaleGeneration,
             timeline,
             Some((*sent, *current)),
+            None,
         ),
         StoreError::NotAcquired {
             timeline,
@@ -120,6 +128,7 @@ fn to_status(error: StoreError) -> Status {
             Reason::GenerationNotAcquired,
             timeline,
             Some((*sent, *current)),
+            None,
         ),
         StoreError::HasBranches { timeline, .. } => with_detail(
             Code::FailedPrecondition,
@@ -127,12 +136,28 @@ fn to_status(error: StoreError) -> Status {
             Reason::HasBranches,
             timeline,
             None,
+            None,
         ),
+        StoreError::BelowHorizon {
+            timeline, horizon, ..
+        } => with_detail(
+            Code::OutOfRange,
+            message,
+            Reason::BelowGcHorizon,
+            timeline,
+            None,
+            Some(*horizon),
+        ),
+        StoreError::DiskFull { .. } => {
+            tracing::error!(error = %error, "page store disk full");
+            Status::resource_exhausted(message)
+        }
+        StoreError::ShuttingDown => Status::unavailable(message),
         StoreError::Exhausted { .. } => Status::failed_precondition(message),
         StoreError::SeqBeyondLast { .. } | StoreError::InvalidArgument(_) => {
             Status::invalid_argument(message)
         }
-        StoreError::Open { .. } | StoreError::Storage(_) | StoreError::Corrupt(_) => {
+        StoreError::Open { .. } | StoreError::Io { .. } | StoreError::Corrupt { .. } => {
             tracing::error!(error = %error, "page store failure");
             Status::internal(message)
         }
@@ -241,8 +266,11 @@ impl PageStore for PageStoreService {
         let span = continued(span, &request);
         observe("describe_timeline", span, async move {
             let id = timeline_id(&request.get_ref().id)?;
-            let info = self.run(move |s| s.describe(&id)).await?;
+            let (info, horizon) = self
+                .run(move |s| Ok((s.describe(&id)?, s.gc_horizon(&id)?)))
+                .await?;
             Ok(Response::new(DescribeTimelineResponse {
+                gc_horizon: horizon.0,
                 generation: info.generation.0,
                 last_seq: info.last_seq.0,
                 parent: info.parent.map(|(p, seq)| BranchPoint {
@@ -286,7 +314,7 @@ impl PageStore for PageStoreService {
             let bytes: usize = puts.iter().map(|(k, v)| k.len() + v.len()).sum();
             let deletes = req.deletes;
             let seq = self
-                .run(move |s| s.write(&id, generation, &puts, &deletes))
+                .run(move |s| s.write_owned(&id, generation, puts, deletes))
                 .await?;
             metrics::counter!("lakebed_pagestore_bytes_written_total").increment(bytes as u64);
             Ok(Response::new(WriteResponse { seq: seq.0 }))
@@ -313,6 +341,37 @@ impl PageStore for PageStoreService {
                     })
                     .collect(),
                 seq: seq.0,
+            }))
+        })
+        .await
+    }
+
+    async fn gc(&self, request: Request<GcRequest>) -> Result<Response<GcResponse>, Status> {
+        let span = tracing::info_span!("pagestore.gc", timeline = ?request.get_ref().timeline);
+        let span = continued(span, &request);
+        observe("gc", span, async move {
+            let id = match &request.get_ref().timeline {
+                Some(t) => Some(timeline_id(t)?),
+                None => None,
+            };
+            let report = self.run(move |s| s.gc(id.as_ref())).await?;
+            tracing::info!(
+                bytes_before = report.bytes_before,
+                bytes_after = report.bytes_after,
+                "history collected on demand"
+            );
+            Ok(Response::new(GcResponse {
+                timelines: report
+                    .timelines
+                    .into_iter()
+                    .map(|t| GcTimeline {
+                        timeline: t.timeline.to_string(),
+                        horizon: t.horizon.0,
+                        versions_removed: t.versions_removed,
+                    })
+                    .collect(),
+                bytes_before: report.bytes_before,
+                bytes_after: report.bytes_after,
             }))
         })
         .await

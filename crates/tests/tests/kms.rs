@@ -12,7 +12,7 @@ use std::time::Duration;
 use lakebed_keys::AuditLog;
 use lakebed_tests::moto::Moto;
 use lakebed_tests::stack::Stack;
-use lakebed_tests::{DEADLINE, contains_bytes};
+use lakebed_tests::{DEADLINE, contains_bytes, files_under};
 use tokio::time::timeout;
 
 /// A new CMK in the customer's account: `(key id, ARN)`.
@@ -64,8 +64,8 @@ async fn the_customer_rotates_moves_revokes_and_restores_the_key() {
     stack.suspend("main").await;
     let page_store = stack.dir.path().join("pageserver");
     let mut scanned = 0;
-    for entry in std::fs::read_dir(&page_store).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+    for file in files_under(&page_store) {
+        let bytes = std::fs::read(file).unwrap();
         scanned += bytes.len();
         assert!(
             !contains_bytes(&bytes, marker.as_bytes()),

@@ -18,7 +18,7 @@ use lakebed_pageserver_client::limits::{MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_VALU
 use lakebed_pageserver_client::{
     ClientOptions, ClientTls, Generation, PageStoreClient, RpcError, Seq, TimelineId, WriteBatch,
 };
-use lakebed_tests::{DEADLINE, DataDir, PageServerProcess};
+use lakebed_tests::{DEADLINE, DataDir, PageServerProcess, files_under};
 use nix::sys::signal::Signal;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use tokio::time::timeout;
@@ -184,8 +184,9 @@ async fn branch_is_copy_on_write() {
         .await
         .unwrap();
 
-    let file = dir.path().join("pageserver").join("pageserver.redb");
-    let before = std::fs::metadata(&file).unwrap().len();
+    // The store is a directory of log segments and layer files: measure all of it.
+    let store = dir.path().join("pageserver");
+    let before = dir_bytes(&store);
     let child = tl("ep-1");
     assert_eq!(
         c.create_timeline(&child, Some((&template, None)))
@@ -193,10 +194,7 @@ async fn branch_is_copy_on_write() {
             .unwrap(),
         Seq(1)
     );
-    let grown = std::fs::metadata(&file)
-        .unwrap()
-        .len()
-        .saturating_sub(before);
+    let grown = dir_bytes(&store).saturating_sub(before);
     assert!(
         grown < 256 * 1024,
         "creating a branch grew the store by {grown} bytes"
@@ -698,4 +696,12 @@ async fn tls_when_configured() {
     o.total_timeout = Duration::from_millis(500);
     let plain = PageStoreClient::new(o).unwrap();
     assert!(plain.describe_timeline(&t).await.is_err());
+}
+
+/// Bytes in the files under `dir`, recursively.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum()
 }

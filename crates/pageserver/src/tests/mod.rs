@@ -1,4 +1,5 @@
-//! Storage-layer tests against a real redb file in a temporary directory.
+//! Storage-layer tests against a real store in a temporary directory: the contract
+//! (this file) and history, layers and crashes ([`history`]).
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,6 +9,8 @@ use lakebed_pageserver_api::limits::{
 use lakebed_pageserver_api::{Generation, Seq, TimelineId};
 
 use crate::store::{ScanResult, Store, StoreError, TimelineInfo};
+
+mod history;
 
 fn tl(id: &str) -> TimelineId {
     id.parse().unwrap()
@@ -238,7 +241,7 @@ fn scan_bounds_limits_and_continuation() {
 
 #[test]
 fn branch_sees_parent_at_branch_point_and_is_isolated() {
-    let (dir, store) = open();
+    let (_dir, store) = open();
     store.create_timeline(&tl("template"), None).unwrap();
     // Enough data that a copy would show in the file size.
     let big = "x".repeat(8192);
@@ -251,9 +254,7 @@ fn branch_sees_parent_at_branch_point_and_is_isolated() {
     );
 
     let versions = store.version_count().unwrap();
-    let size = std::fs::metadata(dir.path().join(crate::store::STORE_FILE))
-        .unwrap()
-        .len();
+    let size = store.stats().disk_bytes;
     let info = store
         .create_timeline(&tl("child"), Some((&tl("template"), None)))
         .unwrap();
@@ -268,10 +269,7 @@ fn branch_sees_parent_at_branch_point_and_is_isolated() {
     // Nothing copied: not one stored version more, and the file barely grew (a 1.6 MB copy
     // would show).
     assert_eq!(store.version_count().unwrap(), versions);
-    let grown = std::fs::metadata(dir.path().join(crate::store::STORE_FILE))
-        .unwrap()
-        .len()
-        .saturating_sub(size);
+    let grown = store.stats().disk_bytes.saturating_sub(size);
     assert!(grown < 256 * 1024, "the store grew by {grown} bytes");
 
     // Parent writes after the branch point are not seen by the child.

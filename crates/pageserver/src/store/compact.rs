@@ -1,0 +1,309 @@
+//! Background work: flushing frozen memtables into layer files, and compaction, which is
+//! also garbage collection.
+//!
+//! **Flush.** Each frozen memtable becomes one layer per timeline (versions the retention
+//! window no longer needs are left out already), the directory is fsynced, the layers join
+//! their timelines and the manifest moves replay past the memtable's log segments, which
+//! are then deleted. A crash before the manifest leaves layer files nothing refers to: they
+//! are deleted at the next open, and the log replays the memtable again.
+//!
+//! **Compaction.** All layers of a timeline are merged into one, keeping what a read at or
+//! above the horizon, or at a branch point, can return ([`super::retention`]). The new
+//! file is in place (and in the manifest) before the old ones are deleted, so a crash at any
+//! point loses nothing, and what it leaves behind is collected at the next open. It runs
+//! when a timeline passes `max_layers` layers, every `gc_interval`, and on demand.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use lakebed_pageserver_api::{Seq, TimelineId};
+
+use super::error::StoreError;
+use super::layer::{KeyVersions, Layer, LayerWriter};
+use super::retention::retain;
+use super::wal::{segment_path, segments, sync_dir};
+use super::{GcReport, GcTimeline, Inner, lock};
+
+/// Runs the flusher until shutdown: waits for frozen memtables and flushes them, retrying
+/// after failures (a full disk) every second.
+pub fn run_flusher(inner: &Arc<Inner>) {
+    loop {
+        {
+            let (m, cv) = &inner.flush_signal;
+            let mut g = lock(m);
+            while inner.read_state().frozen.is_empty() && !inner.shutdown.load(Ordering::SeqCst) {
+                g = cv
+                    .wait_timeout(g, Duration::from_secs(1))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+        }
+        if inner.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(e) = flush_frozen(inner) {
+            tracing::error!(error = %e, "flushing the memtable to a layer failed; retrying in 1s");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Runs collection every `gc_interval` until shutdown.
+pub fn run_gc(inner: &Arc<Inner>) {
+    let interval = inner.options.gc_interval;
+    let mut next = Instant::now() + interval;
+    loop {
+        {
+            let (m, cv) = &inner.flush_signal;
+            let mut g = lock(m);
+            while Instant::now() < next && !inner.shutdown.load(Ordering::SeqCst) {
+                let left = next
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_secs(1));
+                g = cv
+                    .wait_timeout(g, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+        }
+        if inner.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        match gc(inner, None) {
+            Ok(report) => {
+                let removed: u64 = report.timelines.iter().map(|t| t.versions_removed).sum();
+                if removed > 0 {
+                    tracing::info!(
+                        versions_removed = removed,
+                        bytes_before = report.bytes_before,
+                        bytes_after = report.bytes_after,
+                        "history collected"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "history collection failed; will retry"),
+        }
+        next = Instant::now() + interval;
+    }
+}
+
+fn next_file_no(inner: &Inner) -> u64 {
+    let mut st = inner.write_state();
+    let n = st.next_file;
+    st.next_file += 1;
+    n
+}
+
+/// Flushes every frozen memtable, oldest first.
+///
+/// # Errors
+///
+/// [`StoreError::DiskFull`], [`StoreError::Io`]: the memtable stays frozen (and in the log)
+/// for the next try.
+pub fn flush_frozen(inner: &Inner) -> Result<(), StoreError> {
+    let _one = lock(&inner.flush_lock);
+    loop {
+        let Some(frozen) = inner.read_state().frozen.first().cloned() else {
+            return Ok(());
+        };
+        let retention = inner.options.history_retention;
+        let mut made: Vec<Layer> = Vec::new();
+        let result = (|| -> Result<(), StoreError> {
+            let m = frozen
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut tids: Vec<u64> = m.timelines().collect();
+            tids.sort_unstable();
+            for tid in tids {
+                let (horizon, points) = {
+                    let st = inner.read_state();
+                    let Some(t) = st.timelines.get(&tid) else {
+                        continue; // deleted since
+                    };
+                    (st.own_horizon(t, retention), st.branch_points(tid))
+                };
+                let mut w = LayerWriter::create(&inner.layers_dir, next_file_no(inner), tid)?;
+                for mut versions in m.key_versions(tid) {
+                    retain(&mut versions, horizon, &points, false);
+                    w.push_key(&versions)?;
+                }
+                if let Some(layer) = w.finish()? {
+                    made.push(layer);
+                }
+            }
+            sync_dir(&inner.layers_dir)
+        })();
+        if let Err(e) = result {
+            for l in &made {
+                let _ = std::fs::remove_file(l.path());
+            }
+            return Err(e);
+        }
+        let end_segment = frozen
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .end_segment;
+        {
+            let mut st = inner.write_state();
+            for layer in made {
+                match st.timelines.get_mut(&layer.tid) {
+                    Some(t) => {
+                        t.layers.push(Arc::new(layer));
+                        t.sort_layers();
+                    }
+                    None => {
+                        let _ = std::fs::remove_file(layer.path());
+                    }
+                }
+            }
+            st.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
+            if let Some(s) = end_segment {
+                st.wal_start = st.wal_start.max(s);
+            }
+        }
+        inner.save_manifest()?;
+        inner.wake_flusher(); // writers waiting for room
+        // The log up to the new start is in layers now.
+        let start = inner.read_state().wal_start;
+        for s in segments(&inner.wal_dir)?.into_iter().filter(|&s| s < start) {
+            let path = segment_path(&inner.wal_dir, s);
+            std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+        }
+        // Merge timelines whose layers piled up.
+        let crowded: Vec<u64> = {
+            let st = inner.read_state();
+            st.timelines
+                .values()
+                .filter(|t| t.layers.len() > inner.options.max_layers)
+                .map(|t| t.tid)
+                .collect()
+        };
+        for tid in crowded {
+            compact(inner, tid)?;
+        }
+    }
+}
+
+/// Collects history of timeline `id`, or of all timelines.
+///
+/// # Errors
+///
+/// [`StoreError::NotFound`], [`StoreError::DiskFull`], [`StoreError::Io`],
+/// [`StoreError::Corrupt`].
+pub fn gc(inner: &Inner, id: Option<&TimelineId>) -> Result<GcReport, StoreError> {
+    let bytes_before = inner.disk_bytes();
+    let tids: Vec<u64> = {
+        let st = inner.read_state();
+        match id {
+            Some(id) => vec![st.tid(id)?],
+            None => {
+                let mut v: Vec<u64> = st.timelines.keys().copied().collect();
+                v.sort_unstable();
+                v
+            }
+        }
+    };
+    let mut timelines = Vec::new();
+    for tid in tids {
+        if let Some(t) = compact(inner, tid)? {
+            timelines.push(t);
+        }
+    }
+    Ok(GcReport {
+        timelines,
+        bytes_before,
+        bytes_after: inner.disk_bytes(),
+    })
+}
+
+/// Merges all layers of timeline `tid` into one, collecting what the horizon allows.
+/// Returns what it did, `None` if the timeline is gone.
+fn compact(inner: &Inner, tid: u64) -> Result<Option<GcTimeline>, StoreError> {
+    let _one = lock(&inner.compaction_lock);
+    let retention = inner.options.history_retention;
+    let (id, inputs, horizon, points, root) = {
+        let st = inner.read_state();
+        let Some(t) = st.timelines.get(&tid) else {
+            return Ok(None);
+        };
+        (
+            t.id.clone(),
+            t.layers.clone(),
+            st.own_horizon(t, retention),
+            st.branch_points(tid),
+            t.parent.is_none(),
+        )
+    };
+    let worth_it = inputs.len() > 1
+        || inputs
+            .first()
+            .is_some_and(|l| l.history_count > 0 && l.lo < horizon);
+    let mut removed = 0u64;
+    let mut output = None;
+    if worth_it {
+        let mut cursors: Vec<KeyVersions> = inputs.iter().map(KeyVersions::new).collect();
+        let mut heads = Vec::with_capacity(cursors.len());
+        for c in &mut cursors {
+            heads.push(c.next_key()?);
+        }
+        let mut w = LayerWriter::create(&inner.layers_dir, next_file_no(inner), tid)?;
+        loop {
+            let Some(key) = heads.iter().flatten().map(|v| v[0].key.clone()).min() else {
+                break;
+            };
+            // Layers are newest first and their seq ranges do not overlap: concatenating
+            // keeps the versions newest first.
+            let mut versions = Vec::new();
+            for (head, cursor) in heads.iter_mut().zip(&mut cursors) {
+                if head.as_ref().is_some_and(|v| v[0].key == key) {
+                    if let Some(v) = head.take() {
+                        versions.extend(v);
+                    }
+                    *head = cursor.next_key()?;
+                }
+            }
+            removed += retain(&mut versions, horizon, &points, root) as u64;
+            w.push_key(&versions)?;
+        }
+        output = w.finish()?;
+        sync_dir(&inner.layers_dir)?;
+    }
+    {
+        let mut st = inner.write_state();
+        let Some(t) = st.timelines.get_mut(&tid) else {
+            if let Some(l) = &output {
+                let _ = std::fs::remove_file(l.path());
+            }
+            return Ok(None);
+        };
+        if worth_it {
+            t.layers
+                .retain(|l| !inputs.iter().any(|i| i.file_no == l.file_no));
+            if let Some(l) = output {
+                t.layers.push(Arc::new(l));
+            }
+            t.sort_layers();
+        }
+        t.gc_horizon = t.gc_horizon.max(horizon);
+        // Commit times below the horizon but the newest one are of no more use.
+        let keep_from = t
+            .commit_times
+            .partition_point(|&(seq, _)| seq <= horizon)
+            .saturating_sub(1);
+        t.commit_times.drain(..keep_from);
+    }
+    inner.save_manifest()?;
+    if worth_it {
+        for l in &inputs {
+            if let Err(e) = std::fs::remove_file(l.path()) {
+                tracing::warn!(file = %l.path().display(), error = %e, "cannot remove a compacted layer");
+            }
+        }
+    }
+    Ok(Some(GcTimeline {
+        timeline: id,
+        horizon: Seq(horizon),
+        versions_removed: removed,
+    }))
+}
