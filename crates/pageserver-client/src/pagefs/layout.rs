@@ -8,11 +8,11 @@
 //! |---------------------------------------|-----------------------------------------|
 //! | `i` ino (u64 BE)                      | the inode record ([`InodeRecord`])      |
 //! | `d` parent ino (u64 BE) name bytes    | the child's ino (u64 BE)                |
+//! | `p` ino (u64 BE) block (u64 BE)       | the block: [`BLOCK_SIZE`] bytes         |
 //!
 //! Under a tenant DEK ([`super::data_key`]) every value is sealed, and a directory entry's key
 //! holds a 16-byte HMAC of the name instead of the name; its value is then the child's ino
 //! followed by the name.
-//! | `p` ino (u64 BE) block (u64 BE)       | the block: [`BLOCK_SIZE`] bytes         |
 //!
 //! A block that has no key reads as zeros (a hole). Inode numbers are never reused: a compute
 //! allocates `generation << 32 | n` for n = 1, 2, ..., and generations only grow, so pages of

@@ -9,6 +9,7 @@
 //!
 //! - [`layout`]: keys and records in the timeline.
 //! - [`fs`]: the state and every operation, durability and fencing.
+//! - [`store`]: the page store calls pagefs makes, behind a trait (a seam for tests).
 //! - [`cache`]: the sealed local cache and scratch files; [`seal`]: the per-boot key.
 //! - [`fuse`]: the FUSE request handlers.
 //!
@@ -22,6 +23,7 @@ pub mod fs;
 pub mod fuse;
 pub mod layout;
 pub mod seal;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
