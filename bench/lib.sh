@@ -1,16 +1,27 @@
 # Shared by the benchmark scripts: start a release `lakebed up` on a scratch data dir and
 # read what its banner says. Source it; it defines start_lakebed and stop_lakebed.
 
-# LAKEBED_EXTRA_ENV: more settings for `lakebed up`, as NAME=VALUE words, e.g.
-# LAKEBED_EXTRA_ENV="LAKEBED_PROXY__POOL__POOL_SIZE=20".
+# LAKEBED_BIN: the lakebed binary (default: the release build, target/release/lakebed).
+LAKEBED_BIN=${LAKEBED_BIN:-$ROOT/target/release/lakebed}
+
+# LAKEBED_EXTRA_ENV: more settings for `lakebed up` (and for the page store started with
+# OWN_PAGESERVER), as NAME=VALUE words, e.g. LAKEBED_EXTRA_ENV="LAKEBED_PROXY__POOL__POOL_SIZE=20".
+# OWN_PAGESERVER=1: run the page store as a process of its own (`lakebed pageserver`, its
+# data in $BENCH_DIR/data/pageserver as with the embedded one) and point `lakebed up` at it;
+# PAGESERVER_PID and PAGESERVER_URL name it.
 start_lakebed() {
   BENCH_DIR=$(mktemp -d /tmp/lakebed-bench.XXXXXX)
   chmod 0711 "$BENCH_DIR"
+  local ps_env=""
+  if [ "${OWN_PAGESERVER:-0}" = 1 ]; then
+    start_pageserver
+    ps_env="LAKEBED_COMPUTE__PAGESERVER_URL=$PAGESERVER_URL"
+  fi
   # shellcheck disable=SC2086 # NAME=VALUE words
   env LAKEBED_MANAGER__LISTEN=127.0.0.1:0 LAKEBED_PROXY__LISTEN=127.0.0.1:0 LAKEBED_PROXY__API_LISTEN=127.0.0.1:0 \
-  LAKEBED_PAGESERVER__LISTEN=127.0.0.1:0 \
+  LAKEBED_PAGESERVER__LISTEN=127.0.0.1:0 $ps_env \
   LAKEBED_ENDPOINTS__MAIN__SUSPEND_TIMEOUT=never RUST_LOG=warn ${LAKEBED_EXTRA_ENV:-} \
-    "$ROOT/target/release/lakebed" up --data-dir "$BENCH_DIR/data" >"$BENCH_DIR/up.out" 2>"$BENCH_DIR/up.err" &
+    "$LAKEBED_BIN" up --data-dir "$BENCH_DIR/data" >"$BENCH_DIR/up.out" 2>"$BENCH_DIR/up.err" &
   LAKEBED_PID=$!
   for _ in $(seq 1 600); do
     grep -q '^Ctrl-C suspends' "$BENCH_DIR/up.out" 2>/dev/null && break
@@ -21,16 +32,38 @@ start_lakebed() {
   API_URL=$(sed -n 's/^  API *\(http:[^ ]*\).*/\1/p' "$BENCH_DIR/up.out")
   export PGPASSWORD=$(sed -n 's/^  role *lakebed, password \([A-Za-z0-9]*\).*/\1/p' "$BENCH_DIR/up.out")
   TLS="$BENCH_DIR/data/tls"
-  "$ROOT/target/release/lakebed" --data-dir "$BENCH_DIR/data" endpoint wake main >/dev/null 2>&1
-  COMPUTE_PORT=$("$ROOT/target/release/lakebed" --data-dir "$BENCH_DIR/data" endpoint show main --json \
+  "$LAKEBED_BIN" --data-dir "$BENCH_DIR/data" endpoint wake main >/dev/null 2>&1
+  COMPUTE_PORT=$("$LAKEBED_BIN" --data-dir "$BENCH_DIR/data" endpoint show main --json \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["compute"]["address"].rsplit(":",1)[1])')
   # Computes accept only the proxy's client certificate; "direct" uses it too.
   DIRECT="host=127.0.0.1 port=$COMPUTE_PORT user=lakebed dbname=postgres sslmode=verify-ca sslrootcert=$TLS/internal-ca.pem sslcert=$TLS/proxy-client.pem sslkey=$TLS/proxy-client.key"
   PROXIED="host=127.0.0.1 port=$PROXY_PORT user=lakebed dbname=postgres sslmode=disable"
 }
 
+# start_pageserver: `lakebed pageserver` on a free loopback port, data in
+# $BENCH_DIR/data/pageserver; sets PAGESERVER_PID and PAGESERVER_URL. Called by
+# start_lakebed with OWN_PAGESERVER=1.
+start_pageserver() {
+  mkdir -p "$BENCH_DIR/data"
+  # shellcheck disable=SC2086 # NAME=VALUE words
+  env RUST_LOG=warn ${LAKEBED_EXTRA_ENV:-} \
+    "$LAKEBED_BIN" --data-dir "$BENCH_DIR/data" pageserver --listen 127.0.0.1:0 \
+    >"$BENCH_DIR/pageserver.out" 2>"$BENCH_DIR/pageserver.err" &
+  PAGESERVER_PID=$!
+  local addr=""
+  for _ in $(seq 1 600); do
+    addr=$(sed -n 's/^pageserver listening on \(.*\)$/\1/p' "$BENCH_DIR/pageserver.out" 2>/dev/null || true)
+    [ -n "$addr" ] && break
+    kill -0 "$PAGESERVER_PID" 2>/dev/null || { cat "$BENCH_DIR/pageserver.err" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { echo "lakebed pageserver did not start" >&2; exit 1; }
+  PAGESERVER_URL="http://$addr"
+}
+
 # Runs as an EXIT trap under `set -e`: a failing status here (`wait` returns 143 for the
 # PgBouncer it just stopped) would end it before `lakebed up` is stopped, so none may fail.
+# The page store goes last: `lakebed up` suspends computes, which flush to it.
 stop_lakebed() {
   if [ -n "${PGBOUNCER_PID:-}" ]; then
     kill "$PGBOUNCER_PID" 2>/dev/null || true
@@ -39,6 +72,10 @@ stop_lakebed() {
   if [ -n "${LAKEBED_PID:-}" ]; then
     kill -TERM "$LAKEBED_PID" 2>/dev/null || true
     wait "$LAKEBED_PID" 2>/dev/null || true
+  fi
+  if [ -n "${PAGESERVER_PID:-}" ]; then
+    kill -TERM "$PAGESERVER_PID" 2>/dev/null || true
+    wait "$PAGESERVER_PID" 2>/dev/null || true
   fi
   rm -rf "$BENCH_DIR"
 }

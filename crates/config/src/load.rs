@@ -49,6 +49,13 @@ const GENERIC_SOURCE: &str = "configuration";
 /// Smallest allowed [`ManagerConfig::activity_poll_interval`].
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Default [`PageServerConfig::cache_mib`].
+const DEFAULT_PAGESERVER_CACHE_MIB: u64 = 256;
+
+/// Smallest allowed [`PageServerConfig::cache_mib`]: below it the memtable budget alone
+/// would force a flush every few megabytes written.
+const MIN_PAGESERVER_CACHE_MIB: u64 = 16;
+
 /// Why the configuration could not be loaded.
 ///
 /// `Display` and `std::error::Error` are written by hand rather than derived with
@@ -120,6 +127,9 @@ impl std::error::Error for ConfigError {}
 /// listen = "127.0.0.1:6434"
 /// data_dir = "/var/lib/lakebed/pages"
 /// metrics_listen = "127.0.0.1:6435"
+/// history_retention = "24h"
+/// gc_interval = "10m"
+/// cache_mib = 256
 ///
 /// [endpoints.main]
 /// suspend_timeout = "10m"
@@ -417,10 +427,21 @@ pub struct PageServerConfig {
         deserialize_with = "deserialize_some_socket_addr"
     )]
     pub metrics_listen: Option<SocketAddr>,
+    /// How far back reads at an older seq and branches at an older point keep working.
+    /// Versions that no read inside this window and no branch point can see are
+    /// garbage-collected. Default `24h`; `0s` keeps only the newest versions.
+    pub history_retention: HumanDuration,
+    /// How often garbage collection runs in the background. Default `10m`; must be more
+    /// than zero.
+    pub gc_interval: HumanDuration,
+    /// Bound on the page store's in-memory caches (block cache and memtable budget
+    /// together), in MiB. Default `256`; at least `16`.
+    pub cache_mib: u64,
 }
 
 impl Default for PageServerConfig {
-    /// Loopback port 6434, data under the data directory, no TLS, no metrics endpoint.
+    /// Loopback port 6434, data under the data directory, no TLS, no metrics endpoint,
+    /// 24h of history collected every 10m, 256 MiB of caches.
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 6434)),
@@ -428,6 +449,9 @@ impl Default for PageServerConfig {
             tls_cert: None,
             tls_key: None,
             metrics_listen: None,
+            history_retention: HumanDuration(Duration::from_secs(24 * 60 * 60)),
+            gc_interval: HumanDuration(Duration::from_secs(10 * 60)),
+            cache_mib: DEFAULT_PAGESERVER_CACHE_MIB,
         }
     }
 }
@@ -762,6 +786,18 @@ impl Config {
         {
             return fail("pageserver.data_dir", "must not be empty".to_owned());
         }
+        if ps.gc_interval.get().is_zero() {
+            return fail("pageserver.gc_interval", "must be more than 0s".to_owned());
+        }
+        if ps.cache_mib < MIN_PAGESERVER_CACHE_MIB {
+            return fail(
+                "pageserver.cache_mib",
+                format!(
+                    "{} is too small: must be at least {MIN_PAGESERVER_CACHE_MIB}",
+                    ps.cache_mib
+                ),
+            );
+        }
         let c = &self.compute;
         if c.os_user.trim().is_empty() {
             return fail("compute.os_user", "must not be empty".to_owned());
@@ -1062,6 +1098,15 @@ mod tests {
             (&config.pageserver.tls_cert, &config.pageserver.tls_key),
             (&None, &None)
         );
+        assert_eq!(
+            config.pageserver.history_retention.get(),
+            Duration::from_secs(24 * 3600)
+        );
+        assert_eq!(
+            config.pageserver.gc_interval.get(),
+            Duration::from_secs(10 * 60)
+        );
+        assert_eq!(config.pageserver.cache_mib, 256);
         assert_eq!(Config::from_toml_str("empty.toml", "").unwrap(), config);
     }
 
@@ -1224,11 +1269,128 @@ mod tests {
                 "[pageserver]\nlisten_addr = \"127.0.0.1:1\"",
                 "lakebed.toml: pageserver.listen_addr: unknown key",
             ),
+            (
+                "[pageserver]\nhistory_retention = \"-5m\"",
+                "lakebed.toml: pageserver.history_retention: \"-5m\" is not a duration (examples: 90s, 5m, 1h)",
+            ),
+            (
+                "[pageserver]\nhistory_retention = \"a day\"",
+                "lakebed.toml: pageserver.history_retention: \"a day\" is not a duration (examples: 90s, 5m, 1h)",
+            ),
+            (
+                "[pageserver]\nhistory_retention = 3600",
+                "lakebed.toml: pageserver.history_retention: expected a duration such as \"90s\" or \"5m\", found integer 3600",
+            ),
+            (
+                "[pageserver]\ngc_interval = \"0s\"",
+                "lakebed.toml: pageserver.gc_interval: must be more than 0s",
+            ),
+            (
+                "[pageserver]\ngc_interval = \"often\"",
+                "lakebed.toml: pageserver.gc_interval: \"often\" is not a duration (examples: 90s, 5m, 1h)",
+            ),
+            (
+                "[pageserver]\ncache_mib = 15",
+                "lakebed.toml: pageserver.cache_mib: 15 is too small: must be at least 16",
+            ),
+            (
+                "[pageserver]\ncache_mib = 0",
+                "lakebed.toml: pageserver.cache_mib: 0 is too small: must be at least 16",
+            ),
+            (
+                "[pageserver]\ncache_mib = \"256MiB\"",
+                "lakebed.toml: pageserver.cache_mib: expected u64, found string \"256MiB\"",
+            ),
+            (
+                "[pageserver]\nhistory_retension = \"1h\"",
+                "lakebed.toml: pageserver.history_retension: unknown key",
+            ),
         ];
         for (toml, want) in cases {
             let err = Config::from_toml_str("lakebed.toml", toml).unwrap_err();
             assert_eq!(err.to_string(), want, "toml {toml:?}");
         }
+    }
+
+    #[test]
+    fn pageserver_history_gc_and_cache() {
+        let config = Config::from_toml_str(
+            "lakebed.toml",
+            "[pageserver]\nhistory_retention = \"7d\"\ngc_interval = \"30s\"\ncache_mib = 1024",
+        )
+        .unwrap();
+        assert_eq!(
+            config.pageserver.history_retention.get(),
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(config.pageserver.gc_interval.get(), Duration::from_secs(30));
+        assert_eq!(config.pageserver.cache_mib, 1024);
+
+        // No history at all is allowed; so are the smallest interval and cache.
+        let config = Config::from_toml_str(
+            "lakebed.toml",
+            "[pageserver]\nhistory_retention = \"0s\"\ngc_interval = \"1ms\"\ncache_mib = 16",
+        )
+        .unwrap();
+        assert_eq!(config.pageserver.history_retention.get(), Duration::ZERO);
+        assert_eq!(
+            config.pageserver.gc_interval.get(),
+            Duration::from_millis(1)
+        );
+        assert_eq!(config.pageserver.cache_mib, 16);
+
+        let json = serde_json::to_value(Config::default()).unwrap();
+        assert_eq!(json["pageserver"]["history_retention"], "1day");
+        assert_eq!(json["pageserver"]["gc_interval"], "10m");
+        assert_eq!(json["pageserver"]["cache_mib"], 256);
+    }
+
+    #[test]
+    fn pageserver_history_env_overrides() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "lakebed.toml",
+                "[pageserver]\nhistory_retention = \"48h\"\ngc_interval = \"1m\"",
+            )?;
+            jail.set_env("LAKEBED_PAGESERVER__HISTORY_RETENTION", "0s");
+            jail.set_env("LAKEBED_PAGESERVER__CACHE_MIB", "64");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.pageserver.history_retention.get(), Duration::ZERO);
+            assert_eq!(config.pageserver.gc_interval.get(), Duration::from_secs(60));
+            assert_eq!(config.pageserver.cache_mib, 64);
+
+            jail.set_env("LAKEBED_PAGESERVER__HISTORY_RETENTION", "-5m");
+            assert_eq!(
+                Config::load(None).unwrap_err().to_string(),
+                "environment variable LAKEBED_PAGESERVER__HISTORY_RETENTION: \
+                 pageserver.history_retention: \"-5m\" is not a duration (examples: 90s, 5m, 1h)"
+            );
+            jail.set_env("LAKEBED_PAGESERVER__HISTORY_RETENTION", "30s");
+
+            jail.set_env("LAKEBED_PAGESERVER__GC_INTERVAL", "0s");
+            assert_eq!(
+                Config::load(None).unwrap_err().to_string(),
+                "environment variable LAKEBED_PAGESERVER__GC_INTERVAL: \
+                 pageserver.gc_interval: must be more than 0s"
+            );
+            jail.set_env("LAKEBED_PAGESERVER__GC_INTERVAL", "5m");
+
+            jail.set_env("LAKEBED_PAGESERVER__CACHE_MIB", "8");
+            assert_eq!(
+                Config::load(None).unwrap_err().to_string(),
+                "environment variable LAKEBED_PAGESERVER__CACHE_MIB: \
+                 pageserver.cache_mib: 8 is too small: must be at least 16"
+            );
+            jail.set_env("LAKEBED_PAGESERVER__CACHE_MIB", "16");
+
+            jail.set_env("LAKEBED_PAGESERVER__GC_INTERVALL", "5m");
+            assert_eq!(
+                Config::load(None).unwrap_err().to_string(),
+                "environment variable LAKEBED_PAGESERVER__GC_INTERVALL: \
+                 pageserver.gc_intervall: unknown key"
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -48,7 +48,11 @@ pub enum Command {
     /// Run the page store alone until Ctrl-C or SIGTERM. Prints `pageserver listening on
     /// ADDR` once it accepts connections. Its data goes to pageserver.data_dir, by default
     /// <data_dir>/pageserver.
+    #[command(args_conflicts_with_subcommands = true)]
     Pageserver {
+        /// Instead of serving: an operation on the running page store.
+        #[command(subcommand)]
+        action: Option<PageserverCommand>,
         /// Address to serve gRPC on (default: pageserver.listen, 127.0.0.1:6434); port 0
         /// picks a free port.
         #[arg(long, value_name = "ADDR")]
@@ -76,6 +80,23 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `lakebed pageserver ...` operations on a running page store.
+#[derive(Debug, Subcommand)]
+pub enum PageserverCommand {
+    /// Collect history now: versions older than pageserver.history_retention that no
+    /// branch point needs. Prints, per timeline, the horizon and the versions removed, and
+    /// the store's size before and after.
+    Gc {
+        /// Only this timeline (default: every timeline).
+        #[arg(long)]
+        timeline: Option<String>,
+        /// The page store's URL (default: compute.pageserver_url, else the page store this
+        /// data dir's `lakebed up` or `lakebed pageserver` serves).
+        #[arg(long, value_name = "URL")]
+        pageserver: Option<String>,
     },
 }
 

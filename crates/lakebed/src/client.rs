@@ -12,6 +12,9 @@ pub const TOKEN_FILE: &str = "admin-token";
 pub const ADDR_FILE: &str = "api-addr";
 /// File in the data dir where `lakebed up` writes the proxy's HTTP API address.
 pub const PROXY_ADDR_FILE: &str = "proxy-api-addr";
+/// File in the data dir where `lakebed up` (or `lakebed pageserver`) writes the page
+/// store's gRPC address while it serves one.
+pub const PAGESERVER_ADDR_FILE: &str = "pageserver-addr";
 
 /// An authenticated API client.
 pub struct ApiClient {

@@ -273,6 +273,7 @@ async fn start_pageserver(
         listen: config.pageserver.listen,
         data_dir: data_dir.clone(),
         tls: None,
+        store: crate::commands::pageserver::store_options(config),
     })
     .await
     .with_context(|| {
@@ -282,6 +283,7 @@ async fn start_pageserver(
         )
     })?;
     let addr = server.local_addr();
+    crate::commands::pageserver::write_addr_file(config, addr)?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "page store ready");
     let stop = CancellationToken::new();
     let stopped = stop.clone();

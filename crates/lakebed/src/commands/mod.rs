@@ -3,7 +3,7 @@
 mod endpoint;
 mod keys;
 mod pagefs;
-mod pageserver;
+pub mod pageserver;
 mod role;
 
 use std::io::Read;
@@ -11,8 +11,8 @@ use std::io::Read;
 use anyhow::{Context, Result, bail};
 use lakebed_config::Config;
 
-use crate::cli::{Cli, Command};
-use crate::client::{ADDR_FILE, ApiClient, PROXY_ADDR_FILE};
+use crate::cli::{Cli, Command, PageserverCommand};
+use crate::client::{ADDR_FILE, ApiClient, PAGESERVER_ADDR_FILE, PROXY_ADDR_FILE};
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
@@ -33,6 +33,21 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pools { json } => pools(&config, json).await,
         Command::Status => status(&config, cli.api_url).await,
         Command::Pageserver {
+            action:
+                Some(PageserverCommand::Gc {
+                    timeline,
+                    pageserver: url,
+                }),
+            ..
+        } => {
+            let url = match url.or_else(|| config.compute.pageserver_url.clone()) {
+                Some(url) => url,
+                None => format!("http://{}", running_addr(&config, PAGESERVER_ADDR_FILE)?),
+            };
+            pageserver::gc(&url, timeline.as_deref()).await
+        }
+        Command::Pageserver {
+            action: None,
             listen,
             tls_cert,
             tls_key,
@@ -143,13 +158,7 @@ async fn status(config: &Config, api_url: Option<String>) -> Result<()> {
         Some(url) => println!("page store: {url}"),
         None => {
             let dir = config.pageserver_data_dir();
-            let bytes: u64 = std::fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum();
+            let bytes = dir_bytes(&dir);
             println!(
                 "page store: {:.1} MiB in {}",
                 bytes as f64 / (1 << 20) as f64,
@@ -158,6 +167,24 @@ async fn status(config: &Config, api_url: Option<String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Bytes in the files under `dir` and its subdirectories (the page store keeps its log and
+/// layer files in subdirectories); 0 for what cannot be read.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+        .map(|(path, m)| {
+            if m.is_dir() {
+                dir_bytes(&path)
+            } else {
+                m.len()
+            }
+        })
+        .sum()
 }
 
 /// `lakebed pools`: the proxy's pools, from its HTTP API.
