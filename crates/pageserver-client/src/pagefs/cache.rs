@@ -83,6 +83,31 @@ pub struct CacheStats {
     pub evictions: AtomicU64,
 }
 
+/// A page sealed under the per-boot key for its cache slot, not yet cached
+/// ([`Cache::seal`]). Holds ciphertext only.
+pub struct SealedPage {
+    ino: u64,
+    block: u64,
+    counter: u64,
+    sealed: Vec<u8>,
+}
+
+impl SealedPage {
+    /// The block it is for.
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+}
+
+impl std::fmt::Debug for SealedPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedPage")
+            .field("ino", &self.ino)
+            .field("block", &self.block)
+            .finish_non_exhaustive()
+    }
+}
+
 struct CacheInner {
     /// `(ino, block)` -> (slot, nonce counter).
     index: HashMap<(u64, u64), (usize, u64)>,
@@ -192,12 +217,38 @@ impl Cache {
     ///
     /// Writing the slot failed; the page is then not cached.
     pub fn insert(&self, ino: u64, block: u64, page: &[u8]) -> io::Result<()> {
+        self.insert_sealed(self.seal(ino, block, page))
+    }
+
+    /// `page` sealed for the slot of `(ino, block)`, to [`Self::insert_sealed`] later: the
+    /// sealing (the costly part) can then happen outside the caller's locks.
+    pub fn seal(&self, ino: u64, block: u64, page: &[u8]) -> SealedPage {
         let aad = Aad {
             domain: Domain::Cache,
             ino,
             block,
         };
         let (counter, sealed) = seal_block(&self.key, aad, page, self.payload);
+        SealedPage {
+            ino,
+            block,
+            counter,
+            sealed,
+        }
+    }
+
+    /// Caches a page sealed by [`Self::seal`], as [`Self::insert`] does.
+    ///
+    /// # Errors
+    ///
+    /// Writing the slot failed; the page is then not cached.
+    pub fn insert_sealed(&self, page: SealedPage) -> io::Result<()> {
+        let SealedPage {
+            ino,
+            block,
+            counter,
+            sealed,
+        } = page;
         let mut inner = lock(&self.inner);
         let slot = match inner.index.get(&(ino, block)) {
             Some(&(slot, _)) => slot,
@@ -273,6 +324,11 @@ impl Cache {
                 true
             }
         });
+    }
+
+    /// Pages the cache holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Pages cached now.

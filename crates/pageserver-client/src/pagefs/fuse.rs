@@ -404,7 +404,8 @@ impl Filesystem for Fuse {
 }
 
 /// Fetches what `attempt` needs and runs it again, until it completes. It asks again only
-/// for blocks that changed during a fetch; after 8 rounds the caller gets `EAGAIN`.
+/// for blocks that changed during a fetch (or whose fetch, shared with another reader, was
+/// cancelled); after 8 rounds the caller gets `EAGAIN`.
 async fn with_fetched<T>(
     fs: &PageFs,
     ino: u64,

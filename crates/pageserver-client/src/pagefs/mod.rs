@@ -188,6 +188,7 @@ async fn serve_in(
         .await?,
     );
     let flusher = tokio::spawn(fs::flusher(fs.clone()));
+    let prefetcher = tokio::spawn(fs::prefetcher(fs.clone()));
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("pagefs".into()),
@@ -272,6 +273,7 @@ async fn serve_in(
         tracing::warn!(error = %e, "FUSE session ended with an error");
     }
     flusher.abort();
+    prefetcher.abort();
     reporter.abort();
     resealer.abort();
     // The handler flushed at destroy; this one reports whether anything is left.

@@ -3,8 +3,9 @@
 //! A block's content is the first of: the dirty set (written, not yet flushed), the sealed
 //! local cache (clean pages as the page store holds them), a page the caller fetched
 //! ([`Fetched`]), the page store. Nothing here waits for the page store: when a block is
-//! missing locally, an operation returns [`Need`] (the blocks to fetch) and the caller
-//! fetches them (see the `fetch` module) and calls again, so the state lock is never held
+//! missing locally, an operation returns [`Need`] (the blocks to fetch, and for a read the
+//! readahead window past them; see the `readahead` module) and the caller fetches them (see
+//! the `fetch` module) and calls again, so the state lock is never held
 //! across a round trip and a FUSE thread never blocks on one. A write fetches only blocks
 //! it overwrites in part; whole blocks are simply replaced.
 //!
@@ -20,14 +21,12 @@ use fuser::Errno;
 
 use super::PageFs;
 use super::fetch::{Fetched, Need};
+use super::readahead::{self, Advice};
 use super::state::{Node, State, lock};
 use crate::pagefs::cache::LocalError;
 use crate::pagefs::layout::{BLOCK_SIZE, blocks_for};
 
 const BS: u64 = BLOCK_SIZE as u64;
-
-/// Blocks fetched ahead of a sequential read: 512 KiB.
-const READAHEAD_BLOCKS: u64 = 64;
 
 /// A block's content, as far as the local layers know it.
 enum Local {
@@ -72,11 +71,7 @@ impl PageFs {
                 Local::Known(d.data.clone().unwrap_or_else(zeros))
             } else if let Some(p) = self.cache.get(ino, b).map_err(|e| local_error(&e))? {
                 Local::Known(self.open_stored(ino, b, &p)?)
-            } else if let Some(p) = fetched
-                .pages
-                .get(&b)
-                .filter(|_| fetched.start.is_some_and(|s| st.unchanged_since(ino, b, s)))
-            {
+            } else if let Some(p) = fetched.page(st, ino, b) {
                 Local::Known(p.clone())
             } else {
                 Local::Missing
@@ -109,26 +104,42 @@ impl PageFs {
         if node.is_dir() {
             return Err(Errno::EISDIR);
         }
+        let scratch = node.scratch;
         let size_now = node.rec.size;
         let end = (offset + u64::from(size)).min(size_now);
         if offset >= end {
             return Ok(Ok(Vec::new()));
         }
         let first = offset / BS;
-        let (pages, mut missing) = self.gather(&st, ino, first..end.div_ceil(BS), fetched)?;
-        // A read that starts where the previous one of this file ended is sequential: fetch
-        // ahead in the same call, so a scan costs one round trip per READAHEAD_BLOCKS.
-        let sequential = st.next_read.insert(ino, end.div_ceil(BS)) == Some(first);
+        let last = end.div_ceil(BS);
+        let (pages, missing) = self.gather(&st, ino, first..last, fetched)?;
+        // Readahead is decided at a read's first try (the retry after a fetch has pages).
+        let advice = if fetched.starts.is_empty() && !scratch {
+            let read = readahead::Read {
+                ino,
+                first,
+                end: last,
+                blocks: size_now.div_ceil(BS),
+                // Blocks on the way are waited for, not missed: the stream goes on.
+                missed: missing
+                    .iter()
+                    .any(|b| !st.fetching.contains_key(&(ino, *b))),
+            };
+            let max = readahead::max_window(self.cache.capacity());
+            st.readahead.on_read(read, max, self.prefetch.running())
+        } else {
+            Advice::default()
+        };
         if !missing.is_empty() {
-            if sequential && let Some(&last) = missing.last() {
-                let limit = (last + 1 + READAHEAD_BLOCKS).min(size_now.div_ceil(BS));
-                missing.extend((last + 1..limit).filter(|b| {
-                    !st.pages.contains_key(&(ino, *b)) && !self.cache.contains(ino, *b)
-                }));
-            }
-            return Ok(Err(Need { blocks: missing }));
+            return Ok(Err(Need {
+                blocks: missing,
+                ahead: advice.sync,
+            }));
         }
         drop(st);
+        if !advice.background.is_empty() {
+            self.prefetch.push(ino, advice.background);
+        }
         let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
         for (i, page) in pages.iter().enumerate() {
             let block_start = (first + i as u64) * BS;
@@ -182,7 +193,10 @@ impl PageFs {
         partial.dedup();
         let (bases, missing) = self.gather(&st, ino, partial.iter().copied(), fetched)?;
         if !missing.is_empty() {
-            return Ok(Err(Need { blocks: missing }));
+            return Ok(Err(Need {
+                blocks: missing,
+                ..Need::default()
+            }));
         }
         let scratch = node.scratch;
         let base_of = |b: u64| {
@@ -256,7 +270,10 @@ impl PageFs {
                 let b = size / BS;
                 let (bases, missing) = self.gather(&st, ino, std::iter::once(b), fetched)?;
                 if !missing.is_empty() {
-                    return Ok(Err(Need { blocks: missing }));
+                    return Ok(Err(Need {
+                        blocks: missing,
+                        ..Need::default()
+                    }));
                 }
                 let mut p = bases[0].to_vec();
                 p.resize(BLOCK_SIZE, 0);

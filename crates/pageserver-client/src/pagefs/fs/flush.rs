@@ -22,6 +22,10 @@
 //! batch, which takes over 65,000 of them to break). Deletes go last, after the records
 //! that stop referencing those pages.
 //!
+//! **An `fsync` during a flush** in flight does not wait for that write before sending its
+//! own changes: it rides along (see the `ride` module), and pays one round trip, not the
+//! rest of one plus another.
+//!
 //! **Fencing** is noticed here: a write refused for a stale (or never acquired)
 //! generation marks the mount fenced, and from then on every change and flush fails with
 //! `EIO` (see [`PageFs::flush`]). The page store applies nothing of a refused write, and
@@ -43,9 +47,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use fuser::Errno;
+use lakebed_pageserver_api::Seq;
 use lakebed_pageserver_api::limits::{MAX_BATCH_BYTES, MAX_BATCH_KEYS};
 
 use super::PageFs;
+use super::ride::FlushFlight;
 use super::state::{DirtyPage, lock};
 use crate::pagefs::data_key::ValueKind;
 use crate::pagefs::layout;
@@ -56,42 +62,76 @@ use crate::rpc::RpcError;
 const PAGE_BATCH_KEYS: usize = 2048;
 
 /// A key and its new value (`None`: delete), as one entry of a write.
-type Entry = (Bytes, Option<Bytes>);
+pub(super) type Entry = (Bytes, Option<Bytes>);
 
 /// Which dirty entry a namespace key came from, and its version.
 #[derive(Debug)]
-enum Version {
+pub(super) enum Version {
     Inode(u64, u64),
     Dirent(u64, Vec<u8>, u64),
 }
 
 /// A flush's copy of the dirty set.
-struct Taken {
+pub(super) struct Taken {
     /// Dirty pages: `(ino, block)` and the entry as copied (with its version).
-    pages: Vec<((u64, u64), DirtyPage)>,
+    pub(super) pages: Vec<((u64, u64), DirtyPage)>,
     /// Namespace changes: key, value as the page store will hold it (`None`: delete), and
     /// the dirty entry it came from.
-    meta: Vec<(Bytes, Option<Bytes>, Version)>,
+    pub(super) meta: Vec<(Bytes, Option<Bytes>, Version)>,
     /// Unlinked files whose pages are to be deleted: `(ino, blocks)`.
-    dead: Vec<(u64, u64)>,
+    pub(super) dead: Vec<(u64, u64)>,
+}
+
+/// A copy of the dirty set ready to send.
+pub(super) struct Prepared {
+    pub(super) taken: Taken,
+    /// Each page as the page store will hold it (sealed), in the order of `taken.pages`.
+    stored: Vec<Option<Bytes>>,
+    /// Bytes of page content, for the counters.
+    bytes: usize,
+    /// The writes to send, in order.
+    pub(super) batches: Vec<Batch>,
 }
 
 impl PageFs {
     /// Sends everything dirty to the page store; returns once it is durable there. One
-    /// write when it fits in one batch, else several (see the module docs).
+    /// write when it fits in one batch, else several (see the module docs). Called while
+    /// another flush's single write is in flight, it sends its own changes at once,
+    /// alongside, and returns once both are durable (see the `ride` module).
     ///
     /// # Errors
     ///
     /// `EIO`: fenced, or the page store did not answer within the client's timeout. What
     /// was not sent stays dirty for the next flush.
     pub async fn flush(&self) -> Result<(), Errno> {
+        if let Some(result) = self.ride().await {
+            return result;
+        }
         let _one = self.flush_lock.lock().await;
+        // A ride along the previous flush ends before this one copies the dirty set.
+        let no_rider = self.rider_lock.lock().await;
         self.check_writable()?;
-        let Some(Taken { pages, meta, dead }) = self.take_dirty() else {
+        let Some(taken) = self.take_dirty(None) else {
             return Ok(());
         };
-        // Pages are sealed outside the lock; the sealed bytes are what the cache keeps.
-        let stored: Vec<Option<Bytes>> = pages
+        let prepared = self.prepare(taken);
+        // A single write can be ridden along: say what it carries.
+        let flight = (prepared.batches.len() == 1).then(|| self.publish(&prepared));
+        drop(no_rider);
+        let result = self.send(prepared.batches.clone()).await;
+        let landed = result.as_ref().ok().copied();
+        let outcome = self.finish(prepared, result.map(drop));
+        if let Some(flight) = flight {
+            flight.land(landed);
+        }
+        outcome
+    }
+
+    /// Seals the pages of `taken` (outside the state lock; the sealed bytes are what the
+    /// cache keeps) and plans its writes.
+    pub(super) fn prepare(&self, taken: Taken) -> Prepared {
+        let stored: Vec<Option<Bytes>> = taken
+            .pages
             .iter()
             .map(|&((ino, block), ref d)| {
                 d.data
@@ -99,13 +139,39 @@ impl PageFs {
                     .map(|p| self.seal(ValueKind::Page { ino, block }, p))
             })
             .collect();
-        let bytes: usize = pages
+        let bytes: usize = taken
+            .pages
             .iter()
             .map(|(_, d)| d.data.as_ref().map_or(0, Bytes::len))
             .sum();
-        let (page_entries, namespace) = entries(&pages, &stored, &meta, &dead);
+        let (page_entries, namespace) = entries(&taken.pages, &stored, &taken.meta, &taken.dead);
         let batches = plan(page_entries, namespace, MAX_BATCH_KEYS, MAX_BATCH_BYTES);
-        let result = self.send(batches, pages.len(), meta.len(), bytes).await;
+        Prepared {
+            taken,
+            stored,
+            bytes,
+            batches,
+        }
+    }
+
+    /// Ends a flush: on success drops from the dirty set the entries whose version is
+    /// still the one sent (and caches the pages sent); on failure keeps everything dirty,
+    /// and marks the mount fenced if the page store named a newer generation.
+    ///
+    /// # Errors
+    ///
+    /// `EIO` when `result` is an error.
+    pub(super) fn finish(
+        &self,
+        prepared: Prepared,
+        result: Result<(), RpcError>,
+    ) -> Result<(), Errno> {
+        let Prepared {
+            taken: Taken { pages, meta, dead },
+            stored,
+            bytes,
+            batches,
+        } = prepared;
         let mut st = lock(&self.state);
         match result {
             Ok(()) => {
@@ -124,21 +190,29 @@ impl PageFs {
                         }
                     }
                 }
-                for (_, _, v) in meta {
+                for (_, _, v) in &meta {
                     match v {
                         Version::Inode(ino, v) => {
-                            if st.inodes.get(&ino) == Some(&v) {
-                                st.inodes.remove(&ino);
+                            if st.inodes.get(ino) == Some(v) {
+                                st.inodes.remove(ino);
                             }
                         }
                         Version::Dirent(p, name, v) => {
-                            let k = (p, name);
-                            if st.dirents.get(&k) == Some(&v) {
+                            let k = (*p, name.clone());
+                            if st.dirents.get(&k) == Some(v) {
                                 st.dirents.remove(&k);
                             }
                         }
                     }
                 }
+                self.io.record_flush(bytes);
+                tracing::debug!(
+                    pages = pages.len(),
+                    records = meta.len(),
+                    bytes,
+                    writes = batches.len(),
+                    "flushed"
+                );
                 Ok(())
             }
             Err(e) => {
@@ -159,15 +233,24 @@ impl PageFs {
     }
 
     /// Copies the dirty set (namespace values sealed as the page store will hold them) and
-    /// takes the dead list; `None` when nothing is dirty.
-    fn take_dirty(&self) -> Option<Taken> {
+    /// takes the dead list; leaves out the entries `beyond` carries at the same version.
+    /// `None` when nothing is left.
+    pub(super) fn take_dirty(&self, beyond: Option<&FlushFlight>) -> Option<Taken> {
         let mut st = lock(&self.state);
         if !st.is_dirty() {
             return None;
         }
-        let pages: Vec<_> = st.pages.iter().map(|(&k, d)| (k, d.clone())).collect();
+        let pages: Vec<_> = st
+            .pages
+            .iter()
+            .filter(|(k, d)| beyond.is_none_or(|f| f.pages.get(*k) != Some(&d.version)))
+            .map(|(&k, d)| (k, d.clone()))
+            .collect();
         let mut meta = Vec::with_capacity(st.inodes.len() + st.dirents.len());
         for (&ino, &v) in &st.inodes {
+            if beyond.is_some_and(|f| f.inodes.get(&ino) == Some(&v)) {
+                continue;
+            }
             let rec = st
                 .nodes
                 .get(&ino)
@@ -176,6 +259,9 @@ impl PageFs {
             meta.push((layout::inode_key(ino), rec, Version::Inode(ino, v)));
         }
         for ((parent, name), &v) in &st.dirents {
+            if beyond.is_some_and(|f| f.dirents.get(&(*parent, name.clone())) == Some(&v)) {
+                continue;
+            }
             let child = st
                 .nodes
                 .get(parent)
@@ -185,40 +271,32 @@ impl PageFs {
             meta.push((key, value, Version::Dirent(*parent, name.clone(), v)));
         }
         let dead = std::mem::take(&mut st.dead);
+        if pages.is_empty() && meta.is_empty() && dead.is_empty() {
+            return None;
+        }
         Some(Taken { pages, meta, dead })
     }
 
-    /// Writes `batches` in order, stopping at the first error. `pages`, `records` and
-    /// `bytes` (of page content) are for the span and the counters.
-    #[tracing::instrument(
-        name = "pagefs_flush",
-        skip_all,
-        fields(pages = pages, records = records, writes = batches.len())
-    )]
-    async fn send(
-        &self,
-        batches: Vec<Batch>,
-        pages: usize,
-        records: usize,
-        bytes: usize,
-    ) -> Result<(), RpcError> {
+    /// Puts back what `taken` took that stays in the dirty set only by being listed: the
+    /// dead files (a flush that is not sent after all).
+    pub(super) fn untake(&self, taken: Taken) {
+        lock(&self.state).dead.extend(taken.dead);
+    }
+
+    /// Writes `batches` in order, stopping at the first error; returns the last one's seq.
+    #[tracing::instrument(name = "pagefs_flush", skip_all, fields(writes = batches.len()))]
+    pub(super) async fn send(&self, batches: Vec<Batch>) -> Result<Seq, RpcError> {
         let started = Instant::now();
-        let writes = batches.len();
+        let mut seq = Seq(0);
         for batch in batches {
-            self.store
+            self.io.record_write();
+            seq = self
+                .store
                 .write(&self.timeline, self.generation, batch)
                 .await?;
         }
-        self.io.record_flush(bytes);
-        tracing::debug!(
-            pages,
-            records,
-            bytes,
-            writes,
-            ms = started.elapsed().as_millis() as u64,
-            "flushed"
-        );
-        Ok(())
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "sent");
+        Ok(seq)
     }
 }
 

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use lakebed_pageserver_api::{Generation, TimelineId};
 use tokio::sync::Notify;
 
+use super::prefetch::Prefetch;
 use super::state::{Node, State};
 use super::stats::IoStats;
 use super::{Options, PageFs};
@@ -145,9 +146,12 @@ impl PageFs {
             cache,
             scratch,
             flush_lock: tokio::sync::Mutex::new(()),
+            rider_lock: tokio::sync::Mutex::new(()),
+            flight: Mutex::new(None),
             fenced: AtomicBool::new(false),
             flush_wanted: Notify::new(),
             io: IoStats::default(),
+            prefetch: Prefetch::default(),
             keys: keys.map(Arc::new),
         })
     }

@@ -18,7 +18,14 @@
 //! dirty set passes [`Options::dirty_flush_bytes`], and `fsync` of any file or directory runs
 //! one and returns only after it: so an `fsync` covers every change made before it, which is
 //! stronger than POSIX asks and is what Postgres's `fsync` of WAL, data files and directories
-//! relies on.
+//! relies on. An `fsync` that arrives while a flush's write is in flight sends its changes
+//! at once, alongside that write, and returns once both are durable (the `ride` module).
+//!
+//! **Reads** fetch runs of blocks: a miss on a sequential read brings a growing window
+//! past it in the same page store call (one `Scan` of the file's consecutive page keys),
+//! readers of a block on the way wait for that one fetch, and a background prefetcher
+//! fetches the next window before a sequential reader gets there (`readahead`, `fetch`,
+//! `prefetch`).
 //!
 //! **Fencing.** pagefs writes with the generation it acquired at mount. Once the page store
 //! says a newer generation exists, pagefs is fenced: every later change and `fsync` fails
@@ -34,9 +41,14 @@
 //! - `load`: reading the namespace from the page store at mount ([`PageFs::load`]).
 //! - `namespace`: lookup, create, remove, rename, attributes, open counts.
 //! - `data`: read, write and truncate over the three layers.
-//! - `fetch`: page fetches from the page store, and the bookkeeping that keeps a fetch
-//!   from installing a page older than a write that raced it.
+//! - `readahead`: how many blocks past a read to fetch with it (sequential streams,
+//!   growing windows), and when to fetch the next window in the background.
+//! - `fetch`: page fetches from the page store, one call per run of blocks, shared by the
+//!   readers of those blocks, and the bookkeeping that keeps a fetch from installing a page
+//!   older than a write that raced it.
+//! - `prefetch`: the background task that fetches the windows readahead queues.
 //! - `flush`: the commit path and the background flusher; fencing is detected here.
+//! - `ride`: an `fsync` during another flush's write sends its changes alongside, not after.
 //! - `values`: how values look in the page store (sealed under the tenant's DEK, or plain).
 //! - `reseal`: re-sealing old values under the newest DEK after a rekey.
 //! - `stats`: the page store traffic counters.
@@ -49,7 +61,10 @@ mod fetch;
 mod flush;
 mod load;
 mod namespace;
+mod prefetch;
+mod readahead;
 mod reseal;
+mod ride;
 mod state;
 mod stats;
 mod values;
@@ -68,14 +83,16 @@ use tokio::sync::Notify;
 use super::cache::{Cache, Scratch};
 use super::data_key::DataKeys;
 use super::store::PageStore;
+use prefetch::Prefetch;
 use state::State;
 use stats::IoStats;
 
 pub use fetch::{Fetched, Need};
 pub use flush::flusher;
+pub use prefetch::prefetcher;
 pub use reseal::ResealProgress;
 pub use state::{DirEntry, Node};
-pub use stats::FETCH_BUCKETS;
+pub use stats::{FETCH_BUCKETS, IoCounters};
 
 /// Tuning of one mount.
 #[derive(Debug, Clone)]
@@ -114,12 +131,20 @@ pub struct PageFs {
     state: Mutex<State>,
     cache: Cache,
     scratch: Scratch,
-    /// Held by a flush, and by a re-seal while it writes a chunk: one writer at a time.
+    /// Held by a flush, and by a re-seal while it writes a chunk: one writer at a time,
+    /// but for a ride (see the `ride` module).
     flush_lock: tokio::sync::Mutex<()>,
+    /// Held by a ride; a flush waits for it before copying the dirty set, a re-seal for
+    /// the length of a chunk.
+    rider_lock: tokio::sync::Mutex<()>,
+    /// The flush whose single write is in flight, for a ride along it.
+    flight: Mutex<Option<Arc<ride::FlushFlight>>>,
     fenced: AtomicBool,
     /// Woken when the dirty set passes `dirty_flush_bytes`.
     pub(crate) flush_wanted: Notify,
     io: IoStats,
+    /// Windows of background readahead waiting for the prefetcher.
+    prefetch: Prefetch,
     /// The tenant's DEKs: values are sealed before they leave; `None`: sent as they are.
     keys: Option<Arc<DataKeys>>,
 }

@@ -145,7 +145,7 @@ impl PageFs {
 
     /// Drops an unlinked, closed inode and queues its pages' deletion.
     fn free(&self, st: &mut State, ino: u64) {
-        st.next_read.remove(&ino);
+        st.readahead.forget(ino);
         let Some(node) = st.nodes.remove(&ino) else {
             return;
         };

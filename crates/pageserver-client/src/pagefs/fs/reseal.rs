@@ -2,9 +2,10 @@
 //! under the newest, in the background of a running compute.
 //!
 //! The walk scans the whole timeline in chunks and rewrites, per chunk, the values under an
-//! older version. It holds the flush lock from a chunk's scan to its write, so no flush
-//! lands in between, and skips keys that have unflushed changes (their flush seals them
-//! anew): so it never writes back a value older than what the timeline holds.
+//! older version. It holds the flush lock (and the rider lock; see the `ride` module) from
+//! a chunk's scan to its write, so no flush lands in between, and skips keys that have
+//! unflushed changes (their flush seals them anew): so it never writes back a value older
+//! than what the timeline holds.
 
 use std::sync::atomic::Ordering;
 
@@ -58,10 +59,12 @@ impl PageFs {
         let mut start: Vec<u8> = Vec::new();
         loop {
             let (more, last) = {
-                // The chunk is scanned and written under the flush lock: a flush in between
-                // would make the scanned values stale, and re-sealing a stale value would
-                // put it back over the flushed one (or bring back a deleted file).
+                // The chunk is scanned and written under the flush lock, with no ride along
+                // a flush in flight either: a flush in between would make the scanned values
+                // stale, and re-sealing a stale value would put it back over the flushed one
+                // (or bring back a deleted file).
                 let _one = self.flush_lock.lock().await;
+                let _no_rider = self.rider_lock.lock().await;
                 if self.fenced.load(Ordering::Relaxed) {
                     return Err(RpcError::FailedPrecondition {
                         message: "fenced".into(),

@@ -12,11 +12,13 @@
 //! when a flush takes its copy, so the newest always goes out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use fuser::Errno;
 
+use super::fetch::Flight;
+use super::readahead::Readahead;
 use crate::pagefs::layout::{InodeRecord, Kind, ROOT_INO};
 
 /// One inode in memory.
@@ -93,8 +95,10 @@ pub(super) struct State {
     pub(super) changed: HashMap<(u64, u64), u64>,
     /// Start seqs of registered fetches, with how many started there.
     pub(super) inflight: BTreeMap<u64, usize>,
-    /// Per file: the block after the last one read, to tell sequential reads.
-    pub(super) next_read: HashMap<u64, u64>,
+    /// Blocks being fetched: (ino, block) -> the fetch, for readers to wait for.
+    pub(super) fetching: HashMap<(u64, u64), Arc<Flight>>,
+    /// Per file: its read streams, to tell sequential reads and size readahead.
+    pub(super) readahead: Readahead,
 }
 
 /// Locks the state. A panic on another thread while it held the lock does not take every

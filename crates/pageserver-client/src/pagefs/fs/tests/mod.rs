@@ -1,10 +1,11 @@
 //! The filesystem over the real storage engine, in-process: no FUSE, no root, no server.
 //!
 //! [`InProcess`] puts `lakebed_pageserver::Store` behind the [`PageStore`] seam, counts the
-//! calls, and can hold the answer of the next read or write until the test releases it:
-//! that is how a test puts a write in the middle of a flush or a fetch. The tests drive
-//! [`PageFs`] the way the FUSE layer does (`read`/`write` with [`Fetched`], `fetch`,
-//! `done`, `flush`), and check the page store's contents directly.
+//! calls, and can hold the next reads, writes or scans until the test releases them (the
+//! answer, or the call itself before the store performs it): that is how a test puts a
+//! write in the middle of a flush or a fetch, or lets two writes land out of order. The
+//! tests drive [`PageFs`] the way the FUSE layer does (`read`/`write` with [`Fetched`],
+//! `fetch`, `done`, `flush`), and check the page store's contents directly.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +13,9 @@ mod commit;
 mod dirty;
 mod fencing;
 mod fetch_race;
+mod readahead;
 mod reseal;
+mod ride;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,12 +46,22 @@ enum Call {
     Scan,
 }
 
-/// The store side of a held call: told when the call has been performed, waits for the
-/// release before answering.
+/// The store side of a held call: tells the test when the call reached the store (and was
+/// performed, unless held before that), waits for the release before answering (or, held
+/// before, before performing it).
 struct Hold {
     call: Call,
+    before: bool,
     performed: oneshot::Sender<()>,
     release: oneshot::Receiver<()>,
+}
+
+impl Hold {
+    /// Tells the test and waits for its release.
+    async fn wait(self) {
+        let _ = self.performed.send(());
+        let _ = self.release.await;
+    }
 }
 
 /// The test side of a held call.
@@ -58,7 +71,9 @@ struct Held {
 }
 
 impl Held {
-    /// Waits until the call has been performed on the store (its answer is not given yet).
+    /// Waits until the call has been performed on the store (its answer is not given yet);
+    /// for a call held before it is performed ([`InProcess::hold_next_unperformed`]), until
+    /// it reached the store.
     async fn performed(&mut self) {
         (&mut self.performed).await.unwrap();
     }
@@ -72,8 +87,10 @@ impl Held {
 struct Inner {
     store: Store,
     reads: AtomicUsize,
+    page_scans: AtomicUsize,
     writes: AtomicUsize,
-    hold: Mutex<Option<Hold>>,
+    /// Holds in the order they were asked for; a call takes the first for its kind.
+    holds: Mutex<Vec<Hold>>,
 }
 
 /// The storage engine in-process, as a [`PageStore`].
@@ -89,8 +106,9 @@ impl InProcess {
         let inner = Inner {
             store,
             reads: AtomicUsize::new(0),
+            page_scans: AtomicUsize::new(0),
             writes: AtomicUsize::new(0),
-            hold: Mutex::new(None),
+            holds: Mutex::new(Vec::new()),
         };
         (Self(Arc::new(inner)), tl)
     }
@@ -100,17 +118,34 @@ impl InProcess {
         self.0.reads.load(Ordering::SeqCst)
     }
 
+    /// Page store scans of page keys so far (fetches; not the namespace scans of a mount).
+    fn page_scans(&self) -> usize {
+        self.0.page_scans.load(Ordering::SeqCst)
+    }
+
     /// Page store writes so far (refused ones too).
     fn writes(&self) -> usize {
         self.0.writes.load(Ordering::SeqCst)
     }
 
-    /// Holds the answer of the next `call` until [`Held::release`].
+    /// Holds the answer of the next `call` (after those already held) until
+    /// [`Held::release`].
     fn hold_next(&self, call: Call) -> Held {
+        self.hold(call, false)
+    }
+
+    /// Holds the next `call` (after those already held) before the store performs it, until
+    /// [`Held::release`]: as a write still on its way to the page store.
+    fn hold_next_unperformed(&self, call: Call) -> Held {
+        self.hold(call, true)
+    }
+
+    fn hold(&self, call: Call, before: bool) -> Held {
         let (performed_tx, performed) = oneshot::channel();
         let (release, release_rx) = oneshot::channel();
-        *self.0.hold.lock().unwrap() = Some(Hold {
+        self.0.holds.lock().unwrap().push(Hold {
             call,
+            before,
             performed: performed_tx,
             release: release_rx,
         });
@@ -118,12 +153,9 @@ impl InProcess {
     }
 
     fn take_hold(&self, call: Call) -> Option<Hold> {
-        let mut hold = self.0.hold.lock().unwrap();
-        if hold.as_ref().is_some_and(|h| h.call == call) {
-            hold.take()
-        } else {
-            None
-        }
+        let mut holds = self.0.holds.lock().unwrap();
+        let i = holds.iter().position(|h| h.call == call)?;
+        Some(holds.remove(i))
     }
 
     /// The value of `key` at the timeline's newest seq, read from the store directly.
@@ -174,13 +206,21 @@ fn rpc_error(e: StoreError) -> RpcError {
 }
 
 impl InProcess {
-    /// Answers `result`, after the test releases it if this call is held.
-    async fn answer<T>(&self, call: Call, result: T) -> T {
-        if let Some(hold) = self.take_hold(call) {
-            let _ = hold.performed.send(());
-            let _ = hold.release.await;
+    /// Performs `call` with `perform` and answers, holding it (before or after performing)
+    /// if the test asked to.
+    async fn answer<T>(&self, call: Call, perform: impl FnOnce() -> T) -> T {
+        match self.take_hold(call) {
+            Some(hold) if hold.before => {
+                hold.wait().await;
+                perform()
+            }
+            Some(hold) => {
+                let result = perform();
+                hold.wait().await;
+                result
+            }
+            None => perform(),
         }
-        result
     }
 }
 
@@ -193,15 +233,17 @@ impl PageStore for InProcess {
     ) -> BoxFuture<'a, Result<ReadResult, RpcError>> {
         Box::pin(async move {
             self.0.reads.fetch_add(1, Ordering::SeqCst);
-            let result = self
-                .0
-                .store
-                .read(timeline, &keys, at)
-                .map(|(seq, values)| ReadResult {
-                    seq,
-                    values: values.into_iter().map(|v| v.map(Bytes::from)).collect(),
-                });
-            self.answer(Call::Read, result.map_err(rpc_error)).await
+            self.answer(Call::Read, || {
+                self.0
+                    .store
+                    .read(timeline, &keys, at)
+                    .map(|(seq, values)| ReadResult {
+                        seq,
+                        values: values.into_iter().map(|v| v.map(Bytes::from)).collect(),
+                    })
+                    .map_err(rpc_error)
+            })
+            .await
         })
     }
 
@@ -213,11 +255,13 @@ impl PageStore for InProcess {
     ) -> BoxFuture<'a, Result<Seq, RpcError>> {
         Box::pin(async move {
             self.0.writes.fetch_add(1, Ordering::SeqCst);
-            let result = self
-                .0
-                .store
-                .write(timeline, generation, &batch.puts, &batch.deletes);
-            self.answer(Call::Write, result.map_err(rpc_error)).await
+            self.answer(Call::Write, || {
+                self.0
+                    .store
+                    .write(timeline, generation, &batch.puts, &batch.deletes)
+                    .map_err(rpc_error)
+            })
+            .await
         })
     }
 
@@ -230,22 +274,26 @@ impl PageStore for InProcess {
         limit: u32,
     ) -> BoxFuture<'a, Result<ScanPage, RpcError>> {
         Box::pin(async move {
+            if layout::parse_page_key(start).is_some() {
+                self.0.page_scans.fetch_add(1, Ordering::SeqCst);
+            }
             let limit = if limit == 0 { MAX_SCAN_ENTRIES } else { limit };
-            let result = self
-                .0
-                .store
-                .scan(timeline, start, end, at, limit as usize, MAX_RESPONSE_BYTES)
-                .map(|r| ScanPage {
-                    entries: r
-                        .entries
-                        .into_iter()
-                        .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
-                        .collect(),
-                    more: r.more,
-                    seq: r.seq,
-                })
-                .map_err(rpc_error);
-            self.answer(Call::Scan, result).await
+            self.answer(Call::Scan, || {
+                self.0
+                    .store
+                    .scan(timeline, start, end, at, limit as usize, MAX_RESPONSE_BYTES)
+                    .map(|r| ScanPage {
+                        entries: r
+                            .entries
+                            .into_iter()
+                            .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+                            .collect(),
+                        more: r.more,
+                        seq: r.seq,
+                    })
+                    .map_err(rpc_error)
+            })
+            .await
         })
     }
 }
@@ -275,12 +323,35 @@ async fn mount_with(
     generation: Generation,
     keys: Option<DataKeys>,
 ) -> Mount {
+    mount_cached(store, tl, generation, keys, 1 << 20).await
+}
+
+/// Acquires the timeline and mounts it with a cache of `cache_bytes`.
+async fn mount_with_cache(store: &InProcess, tl: &TimelineId, cache_bytes: u64) -> Mount {
+    mount_cached(store, tl, store.acquire(tl), None, cache_bytes).await
+}
+
+/// Mounts the timeline writing with `generation`, sealing under `keys` if given, with a
+/// cache of `cache_bytes`.
+async fn mount_cached(
+    store: &InProcess,
+    tl: &TimelineId,
+    generation: Generation,
+    keys: Option<DataKeys>,
+    cache_bytes: u64,
+) -> Mount {
     let local = tempfile::tempdir().unwrap();
     let key = Arc::new(BootKey::generate().unwrap());
     let scratch_dir = local.path().join("scratch");
     std::fs::create_dir(&scratch_dir).unwrap();
     let payload = BS + if keys.is_some() { SEAL_OVERHEAD } else { 0 };
-    let cache = Cache::create(&local.path().join("cache"), 1 << 20, payload, key.clone()).unwrap();
+    let cache = Cache::create(
+        &local.path().join("cache"),
+        cache_bytes,
+        payload,
+        key.clone(),
+    )
+    .unwrap();
     let scratch = Scratch::new(&scratch_dir, key);
     let fs = PageFs::load(
         store.clone(),
