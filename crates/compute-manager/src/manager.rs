@@ -905,12 +905,8 @@ impl Manager {
         tracing::warn!(endpoint = %name, %reason, "compute crashed");
         let grace = self.inner.opts.compute.stop_timeout.get();
         drop(run.client.take());
+        // Also kills the backends a killed postmaster left behind.
         run.postmaster.stop(grace).await;
-        // Backends left by a killed postmaster share its process group.
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(run.postmaster.pid() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
         if let Some(fs) = &mut run.pagefs {
             fs.stop(grace).await;
         }

@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 
 use crate::ManagerError;
 use crate::catalog::Catalog;
-use crate::postgres::{EndpointDir, remove_dir_if_exists};
+use crate::postgres::{EndpointDir, kill_postgres_in, remove_dir_if_exists};
 
 /// Cleans up after a previous manager; see the module docs. Returns how many postmasters
 /// were stopped.
@@ -50,7 +50,8 @@ pub async fn reconcile(
             // crash recovery on a fresh mount with a newer generation.
             for pid in processes_with_arg(&dir.pgdata()) {
                 tracing::warn!(endpoint = %name, pid, "killing a compute process left by a previous manager");
-                // Each leads its own process group (backends are in the postmaster's).
+                // Each leads its own process group; backends are each in their own and are
+                // found by their working directory below.
                 let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 wait_gone(Pid::from_raw(pid), grace).await;
@@ -60,6 +61,11 @@ pub async fn reconcile(
             tracing::warn!(endpoint = %name, pid, "stopping a compute left by a previous manager");
             stop_orphan(pid, grace).await;
             stopped += 1;
+        }
+        // Backends of a dead postmaster that did not exit with it (see `postgres::process`).
+        let left = kill_postgres_in(&dir.pgdata(), grace).await;
+        if left > 0 {
+            tracing::warn!(endpoint = %name, processes = left, "killed backends left by a previous compute");
         }
         remove_dir_if_exists(&dir.run_dir())?;
         remove_dir_if_exists(&dir.root().join("pgdata.initdb"))?;

@@ -10,11 +10,12 @@
 //! - [`LakebedUp`], [`lakebed`]: the binary, as `lakebed up` (killed on drop) and as CLI
 //!   commands run to completion.
 //! - [`PageServerProcess`]: `lakebed pageserver` on a free port, killed on drop.
-//! - [`postmasters_serving`], [`process_alive`]: what `/proc` says runs.
+//! - [`postmasters_serving`], [`pagefs_serving`], [`process_alive`]: what `/proc` says runs.
 //! - [`Stack`] ([`stack`]): a `lakebed up` with the proxy and pool tests' helpers.
 //! - [`clients`]: `psql`/`pgbench`, tokio-postgres (plain, rustls, watched), polling.
 //! - [`wire`]: the wire protocol by hand, and [`RawClient`] that logs in with SCRAM.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
+//! - [`Tmpfs`]: a small tmpfs to fill, for disk-full tests.
 //!
 //! Processes started here inherit no `LAKEBED_*` or `OTEL_*` variable from the test's
 //! environment: a test sets what it needs.
@@ -44,10 +45,12 @@ pub mod moto;
 pub mod otlp;
 pub mod prom;
 pub mod stack;
+pub mod tmpfs;
 pub mod wire;
 
 pub use clients::*;
 pub use stack::Stack;
+pub use tmpfs::Tmpfs;
 pub use wire::*;
 
 /// How long any single wait in a test may take before the test fails.
@@ -69,8 +72,8 @@ pub fn checks_past_timeout() -> u64 {
 }
 
 /// A temporary Lakebed data directory. Dropping it kills (SIGKILL) every postgres process
-/// whose `-D` is under it and every pagefs mounted under it, detaches their mounts, then
-/// removes it.
+/// of a compute under it (postmasters by their `-D`, backends by their working directory)
+/// and every pagefs mounted under it, detaches their mounts, then removes it.
 pub struct DataDir {
     path: PathBuf,
     _dir: tempfile::TempDir,
@@ -110,9 +113,16 @@ impl Default for DataDir {
 impl Drop for DataDir {
     fn drop(&mut self) {
         for pid in postmasters_under(&self.path) {
-            // Postmasters lead their own process group: take their children with them.
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        // Backends each lead a session of their own, and outlive a killed postmaster if
+        // stuck on a lock: found by their working directory, their PGDATA.
+        let backends = lakebed_compute_manager::postgres::postgres_processes_in(|cwd| {
+            cwd.starts_with(&self.path)
+        });
+        for pid in backends {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         for (pid, argv) in processes() {
             let pagefs_here = argv.iter().any(|a| a == "pagefs")
@@ -174,6 +184,18 @@ pub fn postmasters_serving(pgdata: &Path) -> Vec<u32> {
 /// Pids of the postmasters serving any PGDATA under `data_dir`.
 pub fn postmasters_under(data_dir: &Path) -> Vec<u32> {
     postgres_with_datadir(|d| d.starts_with(data_dir))
+}
+
+/// The pid of the `lakebed pagefs` mounted on `mountpoint` (found by its `--mountpoint`
+/// argument), if one runs.
+pub fn pagefs_serving(mountpoint: &Path) -> Option<u32> {
+    processes().into_iter().find_map(|(pid, argv)| {
+        let serves = argv.iter().any(|a| a == "pagefs")
+            && argv
+                .windows(2)
+                .any(|w| w[0] == "--mountpoint" && Path::new(&w[1]) == mountpoint);
+        serves.then_some(pid)
+    })
 }
 
 /// Whether `pid` is a live process (present in `/proc` and not a zombie).

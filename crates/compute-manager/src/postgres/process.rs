@@ -1,8 +1,19 @@
-//! One postmaster process: start it, wait until it accepts connections, stop it.
+//! One postmaster process: start it, wait until it accepts connections, stop it, and make
+//! sure nothing of it outlives it.
+//!
+//! **Leftover backends.** Postgres's child processes each call `setsid()`, so they are not
+//! in the postmaster's process group, and when the postmaster dies abruptly (SIGKILL, the
+//! OOM killer) they are reparented to init. Most notice and exit; a backend waiting for a
+//! lock that a crashed process held (one that PANICked when its fsync failed, say) waits
+//! forever, keeping its client's session open and hung. Every process of a compute works in
+//! its PGDATA (Postgres changes into its data directory at start), whatever its title (which
+//! overwrites its argv and environment), so once the postmaster is gone
+//! [`Postmaster::stop`] SIGKILLs every `postgres` process still working there
+//! ([`kill_postgres_in`]). One compute at a time runs on a PGDATA.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -43,6 +54,7 @@ pub struct Postmaster {
     port: u16,
     run_dir: PathBuf,
     log_file: PathBuf,
+    pgdata: PathBuf,
 }
 
 impl Postmaster {
@@ -113,6 +125,7 @@ impl Postmaster {
             port,
             run_dir,
             log_file,
+            pgdata: dir.pgdata(),
         })
     }
 
@@ -200,8 +213,22 @@ impl Postmaster {
 
     /// Stops the postmaster: fast shutdown (SIGINT: abort sessions, shutdown checkpoint), then
     /// immediate shutdown (SIGQUIT) after `grace`, then SIGKILL after another `grace`.
-    /// Returns once the process is gone (reaped).
+    /// Returns once the process is gone (reaped) and so is every process of this compute
+    /// it left behind (see the module docs), which are killed.
     pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
+        let status = self.stop_postmaster(grace).await;
+        let left = kill_postgres_in(&self.pgdata, grace).await;
+        if left > 0 {
+            tracing::warn!(
+                pid = self.pid,
+                processes = left,
+                "killed backends the postmaster left behind"
+            );
+        }
+        status
+    }
+
+    async fn stop_postmaster(&mut self, grace: Duration) -> ExitStatus {
         for signal in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGKILL] {
             if let Some(status) = self.try_exited() {
                 return status;
@@ -227,6 +254,49 @@ impl Postmaster {
     pub fn log_tail(&self) -> String {
         read_log_tail(&self.log_file)
     }
+}
+
+/// Pids of the `postgres` processes (by their command name) whose working directory
+/// satisfies `pred`. Reading another user's takes root, as the manager is when computes run
+/// as another OS user.
+pub fn postgres_processes_in(pred: impl Fn(&Path) -> bool) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            if comm.trim_end() != "postgres" {
+                return None;
+            }
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            pred(&cwd).then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILLs every `postgres` process working in `pgdata` (see the module docs), and waits
+/// (at most `grace`) until they are gone. Returns how many there were.
+pub async fn kill_postgres_in(pgdata: &Path, grace: Duration) -> usize {
+    let pids = postgres_processes_in(|cwd| cwd == pgdata);
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && pids.iter().any(|&pid| alive(pid)) {
+        sleep(Duration::from_millis(10)).await;
+    }
+    pids.len()
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// The last 20 lines of a log file (at most its last 16 KiB), or an empty string.

@@ -111,8 +111,17 @@ pub fn run(inner: &Arc<Inner>, mut wal: Wal, ops: &Receiver<Op>) {
             time_ms: now_ms(),
             ..Round::default()
         };
+        // With the flusher failing (a full disk) and its backlog at its limit, writes are
+        // refused with its error rather than held: the caller learns why at once, and they
+        // go through again once the flusher catches up.
+        let refusal = backlog_refusal(inner);
         for op in batch {
             match op {
+                Op::Write { reply, .. } if refusal.is_some() => {
+                    if let Some(e) = &refusal {
+                        let _ = reply.send(Err(duplicate(e)));
+                    }
+                }
                 Op::Write { .. } | Op::Acquire { .. } => round.add(inner, op),
                 Op::Create { id, parent, reply } => {
                     commit(inner, &mut wal, std::mem::take(&mut round));
@@ -263,6 +272,7 @@ fn commit(inner: &Inner, wal: &mut Wal, round: Round) {
         return;
     }
     inner.log_syncs.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("lakebed_pagestore_log_syncs_total").increment(1);
     let mut answers = Vec::with_capacity(round.pending.len());
     {
         let mut st = inner.write_state();
@@ -282,7 +292,7 @@ fn commit(inner: &Inner, wal: &mut Wal, round: Round) {
                     // The timeline exists: only this thread deletes timelines.
                     if let Some(t) = st.timelines.get_mut(&tid) {
                         t.last_seq = seq;
-                        t.note_commit(seq, round.time_ms);
+                        t.note_commit(seq, round.time_ms, inner.options.history_retention);
                     }
                     for (k, v) in puts {
                         mem.insert(tid, k, seq, Some(v));
@@ -315,8 +325,9 @@ fn commit(inner: &Inner, wal: &mut Wal, round: Round) {
     }
 }
 
-/// The same error again, for each caller of a failed round.
-fn duplicate(e: &StoreError) -> StoreError {
+/// The same error again, for each caller of a failed round (and for writers refused while
+/// the flusher fails).
+pub(super) fn duplicate(e: &StoreError) -> StoreError {
     match e {
         E::DiskFull { path } => E::DiskFull { path: path.clone() },
         E::Io { path, error } => E::Io {
@@ -330,12 +341,14 @@ fn duplicate(e: &StoreError) -> StoreError {
     }
 }
 
-/// Freezes the active memtable (if it holds anything) behind a new log segment, and wakes
-/// the flusher.
+/// Freezes the active memtable behind a new log segment, and wakes the flusher. Does
+/// nothing if neither holds anything; an empty memtable is frozen when the log segment is
+/// not empty (it holds acquires, or writes of timelines deleted since), so that flushing it
+/// lets that segment go.
 fn freeze(inner: &Inner, wal: &mut Wal) -> Result<(), StoreError> {
     {
         let st = inner.read_state();
-        if st.active.read().is_ok_and(|m| m.is_empty()) {
+        if st.active.read().is_ok_and(|m| m.is_empty()) && wal.is_empty() {
             return Ok(());
         }
     }
@@ -355,16 +368,30 @@ fn freeze(inner: &Inner, wal: &mut Wal) -> Result<(), StoreError> {
 }
 
 /// Holds the commit thread while too many frozen memtables wait for the flusher: memory
-/// stays bounded and writers slow to the speed of the disk.
+/// stays bounded and writers slow to the speed of the disk. Returns at once while the
+/// flusher is failing (see [`backlog_refusal`]): waiting would hold every writer until
+/// space returns.
 fn wait_for_flusher(inner: &Inner) {
     let (m, cv) = &inner.flush_signal;
     let mut g = lock(m);
-    while inner.read_state().frozen.len() > MAX_FROZEN && !inner.shutdown.load(Ordering::SeqCst) {
+    while inner.read_state().frozen.len() > MAX_FROZEN
+        && lock(&inner.flush_failure).is_none()
+        && !inner.shutdown.load(Ordering::SeqCst)
+    {
         g = cv
             .wait_timeout(g, std::time::Duration::from_millis(100))
             .map(|(g, _)| g)
             .unwrap_or_else(|e| e.into_inner().0);
     }
+}
+
+/// The flusher's last error, if it is failing while its backlog is at its limit: what
+/// writes are refused with until it catches up.
+fn backlog_refusal(inner: &Inner) -> Option<StoreError> {
+    if inner.read_state().frozen.len() <= MAX_FROZEN {
+        return None;
+    }
+    lock(&inner.flush_failure).as_ref().map(duplicate)
 }
 
 fn create(
@@ -420,6 +447,7 @@ fn create(
             layers: Vec::new(),
             gc_horizon: 0,
             commit_times: vec![(last_seq, now_ms())],
+            removed: 0,
         };
         st.ids.insert(id.clone(), tid);
         st.timelines.insert(tid, t);

@@ -11,14 +11,18 @@
 //! above the horizon, or at a branch point, can return ([`super::retention`]). The new
 //! file is in place (and in the manifest) before the old ones are deleted, so a crash at any
 //! point loses nothing, and what it leaves behind is collected at the next open. It runs
-//! when a timeline passes `max_layers` layers, every `gc_interval`, and on demand.
+//! when a timeline passes `max_layers` layers, every `gc_interval`, and on demand. It is
+//! upkeep, so it gives way on a nearly full disk: it stops (removing its output) rather than
+//! take the room that writes and flushes need, and tries again later.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lakebed_pageserver_api::{Seq, TimelineId};
 
+use super::commit::duplicate;
 use super::error::StoreError;
 use super::layer::{KeyVersions, Layer, LayerWriter};
 use super::retention::retain;
@@ -70,7 +74,7 @@ pub fn run_gc(inner: &Arc<Inner>) {
         if inner.shutdown.load(Ordering::SeqCst) {
             return;
         }
-        match gc(inner, None) {
+        match gc(inner, None, baseline(inner)) {
             Ok(report) => {
                 let removed: u64 = report.timelines.iter().map(|t| t.versions_removed).sum();
                 if removed > 0 {
@@ -95,7 +99,9 @@ fn next_file_no(inner: &Inner) -> u64 {
     n
 }
 
-/// Flushes every frozen memtable, oldest first.
+/// Flushes every frozen memtable, oldest first. Notes how it went in
+/// [`Inner::flush_failure`]: while flushes fail, writes that would grow the backlog past its
+/// limit are refused with the same error (see `commit`).
 ///
 /// # Errors
 ///
@@ -103,12 +109,21 @@ fn next_file_no(inner: &Inner) -> u64 {
 /// for the next try.
 pub fn flush_frozen(inner: &Inner) -> Result<(), StoreError> {
     let _one = lock(&inner.flush_lock);
+    let result = flush_all(inner);
+    *lock(&inner.flush_failure) = result.as_ref().err().map(duplicate);
+    // Writers held for room go on, or are answered with the error.
+    inner.wake_flusher();
+    result
+}
+
+fn flush_all(inner: &Inner) -> Result<(), StoreError> {
     loop {
         let Some(frozen) = inner.read_state().frozen.first().cloned() else {
             return Ok(());
         };
         let retention = inner.options.history_retention;
         let mut made: Vec<Layer> = Vec::new();
+        let mut removed: Vec<(u64, u64)> = Vec::new();
         let result = (|| -> Result<(), StoreError> {
             let m = frozen
                 .read()
@@ -124,10 +139,12 @@ pub fn flush_frozen(inner: &Inner) -> Result<(), StoreError> {
                     (st.own_horizon(t, retention), st.branch_points(tid))
                 };
                 let mut w = LayerWriter::create(&inner.layers_dir, next_file_no(inner), tid)?;
+                let mut dropped = 0u64;
                 for mut versions in m.key_versions(tid) {
-                    retain(&mut versions, horizon, &points, false);
+                    dropped += retain(&mut versions, horizon, &points, false) as u64;
                     w.push_key(&versions)?;
                 }
+                removed.push((tid, dropped));
                 if let Some(layer) = w.finish()? {
                     made.push(layer);
                 }
@@ -146,6 +163,11 @@ pub fn flush_frozen(inner: &Inner) -> Result<(), StoreError> {
             .end_segment;
         {
             let mut st = inner.write_state();
+            for (tid, dropped) in removed {
+                if let Some(t) = st.timelines.get_mut(&tid) {
+                    t.removed += dropped;
+                }
+            }
             for layer in made {
                 match st.timelines.get_mut(&layer.tid) {
                     Some(t) => {
@@ -179,20 +201,48 @@ pub fn flush_frozen(inner: &Inner) -> Result<(), StoreError> {
                 .map(|t| t.tid)
                 .collect()
         };
+        // Merging is upkeep: if it cannot run now (no room), the flush still succeeded.
         for tid in crowded {
-            compact(inner, tid)?;
+            if let Err(e) = compact(inner, tid) {
+                tracing::warn!(error = %e, "merging a timeline's layers failed; will retry");
+            }
         }
     }
 }
 
-/// Collects history of timeline `id`, or of all timelines.
+/// Where a collection started from: the store's size and each timeline's count of versions
+/// collected so far. Taken before the memtable flush that [`super::Store::gc`] does first,
+/// so that its report covers the flush too.
+pub struct Baseline {
+    bytes: u64,
+    removed: HashMap<u64, u64>,
+}
+
+/// The store as it is now, for [`gc`]'s report.
+pub fn baseline(inner: &Inner) -> Baseline {
+    Baseline {
+        bytes: inner.disk_bytes(),
+        removed: inner
+            .read_state()
+            .timelines
+            .values()
+            .map(|t| (t.tid, t.removed))
+            .collect(),
+    }
+}
+
+/// Collects history of timeline `id`, or of all timelines, and reports what was collected
+/// since `baseline`.
 ///
 /// # Errors
 ///
 /// [`StoreError::NotFound`], [`StoreError::DiskFull`], [`StoreError::Io`],
 /// [`StoreError::Corrupt`].
-pub fn gc(inner: &Inner, id: Option<&TimelineId>) -> Result<GcReport, StoreError> {
-    let bytes_before = inner.disk_bytes();
+pub fn gc(
+    inner: &Inner,
+    id: Option<&TimelineId>,
+    baseline: Baseline,
+) -> Result<GcReport, StoreError> {
     let tids: Vec<u64> = {
         let st = inner.read_state();
         match id {
@@ -206,13 +256,18 @@ pub fn gc(inner: &Inner, id: Option<&TimelineId>) -> Result<GcReport, StoreError
     };
     let mut timelines = Vec::new();
     for tid in tids {
-        if let Some(t) = compact(inner, tid)? {
+        if let Some(mut t) = compact(inner, tid)? {
+            let st = inner.read_state();
+            if let Some(now) = st.timelines.get(&tid) {
+                let before = baseline.removed.get(&tid).copied().unwrap_or(0);
+                t.versions_removed = now.removed.saturating_sub(before);
+            }
             timelines.push(t);
         }
     }
     Ok(GcReport {
         timelines,
-        bytes_before,
+        bytes_before: baseline.bytes,
         bytes_after: inner.disk_bytes(),
     })
 }
@@ -247,7 +302,8 @@ fn compact(inner: &Inner, tid: u64) -> Result<Option<GcTimeline>, StoreError> {
         for c in &mut cursors {
             heads.push(c.next_key()?);
         }
-        let mut w = LayerWriter::create(&inner.layers_dir, next_file_no(inner), tid)?;
+        let mut w = LayerWriter::create(&inner.layers_dir, next_file_no(inner), tid)?
+            .keep_free(inner.options.room_for_writes());
         loop {
             let Some(key) = heads.iter().flatten().map(|v| v[0].key.clone()).min() else {
                 break;
@@ -286,6 +342,7 @@ fn compact(inner: &Inner, tid: u64) -> Result<Option<GcTimeline>, StoreError> {
             t.sort_layers();
         }
         t.gc_horizon = t.gc_horizon.max(horizon);
+        t.removed += removed;
         // Commit times below the horizon but the newest one are of no more use.
         let keep_from = t
             .commit_times
@@ -293,14 +350,12 @@ fn compact(inner: &Inner, tid: u64) -> Result<Option<GcTimeline>, StoreError> {
             .saturating_sub(1);
         t.commit_times.drain(..keep_from);
     }
-    inner.save_manifest()?;
     if worth_it {
-        for l in &inputs {
-            if let Err(e) = std::fs::remove_file(l.path()) {
-                tracing::warn!(file = %l.path().display(), error = %e, "cannot remove a compacted layer");
-            }
-        }
+        // The inputs go once a manifest without them is durable: this one, or if it cannot
+        // be written (a full disk), the next that can.
+        lock(&inner.garbage).extend(inputs.iter().map(|l| l.path().to_owned()));
     }
+    inner.save_manifest()?;
     Ok(Some(GcTimeline {
         timeline: id,
         horizon: Seq(horizon),

@@ -454,6 +454,10 @@ impl SectionWriter {
 
 /// Writes a new layer file: entries of the newest section in key order, history entries in
 /// (key, newest seq first) order, interleaved as they come; then [`LayerWriter::finish`].
+///
+/// Its temporary files are removed when it is dropped, finished or not: a flush or
+/// compaction that fails half-way (a full disk) gives back what it wrote at once, rather
+/// than holding that space until the next open.
 pub struct LayerWriter {
     dir: PathBuf,
     file_no: u64,
@@ -464,6 +468,27 @@ pub struct LayerWriter {
     history: SectionWriter,
     lo: u64,
     hi: u64,
+    /// With [`LayerWriter::keep_free`]: bytes of free space to leave, and the output size at
+    /// the last check.
+    keep_free: Option<(u64, u64)>,
+    _cleanup: TmpFiles,
+}
+
+/// Temporary files removed on drop (one already renamed into place is simply not found).
+struct TmpFiles(Vec<PathBuf>);
+
+impl Drop for TmpFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove a temporary layer file");
+                }
+            }
+        }
+    }
 }
 
 impl LayerWriter {
@@ -484,6 +509,8 @@ impl LayerWriter {
                 .open(p)
                 .map_err(|e| StoreError::io(p, e))
         };
+        // Armed before either file exists, so a failure to create the second removes the first.
+        let cleanup = TmpFiles(vec![tmp.clone(), tmp_history.clone()]);
         Ok(LayerWriter {
             dir: dir.to_owned(),
             file_no,
@@ -494,7 +521,39 @@ impl LayerWriter {
             tmp_history,
             lo: u64::MAX,
             hi: 0,
+            keep_free: None,
+            _cleanup: cleanup,
         })
+    }
+
+    /// Makes the writer stop, with [`StoreError::DiskFull`], once the file system has less
+    /// than `bytes` free (checked every MiB written). For compaction, which can wait: its
+    /// output must not take the room that writes, and flushes of what they wrote, need.
+    pub fn keep_free(mut self, bytes: u64) -> Self {
+        self.keep_free = Some((bytes, 0));
+        self
+    }
+
+    fn check_space(&mut self) -> Result<(), StoreError> {
+        let Some((min, checked_at)) = self.keep_free else {
+            return Ok(());
+        };
+        let written = self.newest.len + self.history.len;
+        if written < checked_at + (1 << 20) {
+            return Ok(());
+        }
+        self.keep_free = Some((min, written));
+        let free = nix::sys::statvfs::statvfs(&self.dir)
+            .map(|st| st.blocks_available() * st.fragment_size())
+            .map_err(|e| StoreError::io(&self.dir, std::io::Error::from(e)))?;
+        if free < min {
+            tracing::warn!(file = %self.tmp.display(), free, keep = min,
+                "stopping a compaction: the disk is nearly full and writes need the room");
+            return Err(StoreError::DiskFull {
+                path: self.tmp.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Adds the versions of one key, newest first (the first goes to the newest section).
@@ -517,7 +576,7 @@ impl LayerWriter {
                 .push(e)
                 .map_err(|e| StoreError::io(&self.tmp_history, e))?;
         }
-        Ok(())
+        self.check_space()
     }
 
     /// Whether no key was pushed.
@@ -532,17 +591,7 @@ impl LayerWriter {
     /// # Errors
     ///
     /// [`StoreError::Io`], [`StoreError::DiskFull`]; the temporary files are removed.
-    pub fn finish(self) -> Result<Option<Layer>, StoreError> {
-        let (tmp, tmp_history) = (self.tmp.clone(), self.tmp_history.clone());
-        let result = self.finish_inner();
-        let _ = std::fs::remove_file(&tmp_history);
-        if !matches!(result, Ok(Some(_))) {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    fn finish_inner(mut self) -> Result<Option<Layer>, StoreError> {
+    pub fn finish(mut self) -> Result<Option<Layer>, StoreError> {
         if self.is_empty() {
             return Ok(None);
         }

@@ -18,6 +18,8 @@ use super::wal::sync_dir;
 
 /// The manifest's file name.
 pub const FILE: &str = "MANIFEST";
+/// The name a new manifest is written under before it is renamed over [`FILE`].
+pub const TMP_FILE: &str = "MANIFEST.tmp";
 const HEADER: &str = "lakebed-pagestore-manifest 1";
 
 /// The whole manifest.
@@ -99,7 +101,7 @@ pub fn store(dir: &Path, manifest: &Manifest) -> Result<(), StoreError> {
         path: dir.join(FILE),
         error: std::io::Error::other(e),
     })?;
-    let tmp: PathBuf = dir.join(format!("{FILE}.tmp"));
+    let tmp: PathBuf = dir.join(TMP_FILE);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         writeln!(f, "{HEADER} {:08x}", crc(&body))?;

@@ -20,6 +20,12 @@
 //!   where replay starts, rewritten atomically. At open: manifest, then layers (checked),
 //!   then log replay; files nothing refers to (a crash mid-flush or mid-compaction) are
 //!   deleted.
+//! - **A full disk**: a write that finds no room is refused with [`StoreError::DiskFull`]
+//!   and changes nothing; so is every write while the flusher cannot write its backlog out
+//!   (rather than holding writers until there is room). A flush or compaction that fails
+//!   half-way removes what it wrote at once, and [`reserve`] keeps room for the manifest, so
+//!   deleting a timeline and collecting works on a full disk, and writes go on by themselves
+//!   once there is room again.
 //!
 //! A branch stores only its parent and branch point; reads fall through to the parent at
 //! `min(read seq, branch point)` for keys the branch has not written, so creating one copies
@@ -36,6 +42,7 @@ mod layer;
 mod manifest;
 mod memtable;
 mod read;
+pub(crate) mod reserve;
 mod retention;
 mod validate;
 mod wal;
@@ -100,6 +107,12 @@ impl StoreOptions {
         usize::try_from(self.cache_bytes / 4)
             .unwrap_or(usize::MAX)
             .clamp(1 << 20, 64 << 20)
+    }
+
+    /// Free space a compaction leaves for writes: two memtables (the log taking one while
+    /// the flusher writes the other out).
+    fn room_for_writes(&self) -> u64 {
+        2 * self.memtable_bytes() as u64
     }
 }
 
@@ -183,14 +196,22 @@ struct Timeline {
     layers: Vec<Arc<Layer>>,
     gc_horizon: u64,
     commit_times: Vec<(u64, u64)>,
+    /// Versions collected since open, by flushes and compactions: what [`Store::gc`] reports
+    /// as removed is how much this grew while it ran.
+    removed: u64,
 }
 
 impl Timeline {
-    fn note_commit(&mut self, seq: u64, time_ms: u64) {
+    /// Notes that `seq` was committed at `time_ms`, if the last sample is at least
+    /// [`commit_sample_gap_ms`] older: at most about a thousand samples cover the retention
+    /// window, so the manifest stays small however busy the timeline (the horizon they give
+    /// is older than the exact one by at most one gap: a little more history is kept).
+    fn note_commit(&mut self, seq: u64, time_ms: u64, retention: Duration) {
+        let gap = commit_sample_gap_ms(retention);
         if self
             .commit_times
             .last()
-            .is_none_or(|&(_, t)| time_ms >= t + 1000)
+            .is_none_or(|&(_, t)| time_ms >= t.saturating_add(gap))
         {
             self.commit_times.push((seq, time_ms));
         }
@@ -199,6 +220,14 @@ impl Timeline {
     fn sort_layers(&mut self) {
         self.layers.sort_by_key(|l| std::cmp::Reverse(l.hi));
     }
+}
+
+/// Milliseconds between two commit-time samples of a timeline: a second, or a thousandth of
+/// the retention window if that is longer.
+fn commit_sample_gap_ms(retention: Duration) -> u64 {
+    u64::try_from(retention.as_millis() / 1000)
+        .unwrap_or(u64::MAX)
+        .max(1000)
 }
 
 /// Everything the store knows in memory.
@@ -312,12 +341,20 @@ struct Inner {
     cache: Arc<BlockCache>,
     /// Serializes manifest writes, so each is built from the state after the one before.
     manifest_lock: Mutex<()>,
+    /// Layer files no longer in the state whose removal waits for a manifest that no longer
+    /// refers to them (a compaction whose manifest write failed, e.g. on a full disk).
+    garbage: Mutex<Vec<PathBuf>>,
+    /// Whether the room kept for the manifest on a full disk is there ([`reserve`]).
+    reserve_present: AtomicBool,
     /// One compaction at a time.
     compaction_lock: Mutex<()>,
     /// One memtable flush at a time (the flusher's, or [`Store::flush`]'s).
     flush_lock: Mutex<()>,
     /// Wakes the flusher (frozen memtables waiting) and writers waiting for it.
     flush_signal: (Mutex<()>, Condvar),
+    /// The flusher's last error while it keeps failing (a full disk); `None` once a flush
+    /// succeeds.
+    flush_failure: Mutex<Option<StoreError>>,
     shutdown: AtomicBool,
     entries_visited: AtomicU64,
     log_syncs: AtomicU64,
@@ -339,11 +376,48 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes the manifest from the current state.
+    /// Writes the manifest from the current state; then removes the files waiting for it
+    /// (see [`Inner::garbage`]). On a full disk it gives up the [`reserve`] for it and tries
+    /// again; the reserve is made again after a later write, once there is room.
     fn save_manifest(&self) -> Result<(), StoreError> {
         let _one = lock(&self.manifest_lock);
+        let garbage = std::mem::take(&mut *lock(&self.garbage));
         let m = self.read_state().manifest();
-        manifest::store(&self.dir, &m)
+        let mut saved = manifest::store(&self.dir, &m);
+        if matches!(saved, Err(StoreError::DiskFull { .. }))
+            && self.reserve_present.swap(false, Ordering::SeqCst)
+        {
+            tracing::warn!("disk full: writing the manifest in the space kept for it");
+            saved = reserve::release(&self.dir).and_then(|()| manifest::store(&self.dir, &m));
+        }
+        if let Err(e) = saved {
+            lock(&self.garbage).extend(garbage);
+            return Err(e);
+        }
+        for path in garbage {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove a replaced layer");
+            }
+        }
+        let room = reserve::RESERVE_BYTES + self.options.room_for_writes();
+        if !self.reserve_present.load(Ordering::SeqCst)
+            && reserve::free_bytes(&self.dir).is_some_and(|free| free >= room)
+        {
+            match reserve::make(&self.dir) {
+                Ok(()) => {
+                    self.reserve_present.store(true, Ordering::SeqCst);
+                    tracing::info!("space for the manifest on a full disk is reserved again");
+                }
+                Err(e) => tracing::debug!(error = %e, "no room for the reserve yet"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that reads and scans looked at `n` entries (`lakebed_pagestore_entries_visited_total`).
+    fn note_visited(&self, n: u64) {
+        self.entries_visited.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("lakebed_pagestore_entries_visited_total").increment(n);
     }
 
     fn wake_flusher(&self) {
@@ -378,7 +452,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The page store's storage in a data directory: `MANIFEST`, `wal/`, `layers/`, `LOCK`.
+/// The page store's storage in a data directory: `MANIFEST`, `wal/`, `layers/`, `LOCK`,
+/// `RESERVE`.
 /// Cheap to share behind an `Arc`; every method takes `&self`. Dropping it stops its
 /// threads (what was acknowledged is in the log already).
 pub struct Store {
@@ -449,6 +524,23 @@ impl Store {
         })?;
 
         let m = manifest::load(dir)?.unwrap_or_default();
+        // A manifest (or reserve) write that died before its rename: the manifest just
+        // loaded is the one in force.
+        for tmp in [manifest::TMP_FILE, reserve::TMP_FILE].map(|f| dir.join(f)) {
+            match std::fs::remove_file(&tmp) {
+                Ok(()) => tracing::info!(file = %tmp.display(), "removing an unfinished file"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&tmp, e)),
+            }
+        }
+        let reserve_present = reserve::present(dir)
+            || match reserve::make(dir) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no room to reserve space for the manifest");
+                    false
+                }
+            };
         let mut timelines = HashMap::new();
         let mut ids = HashMap::new();
         let mut referenced = std::collections::HashSet::new();
@@ -470,6 +562,7 @@ impl Store {
                 layers,
                 gc_horizon: rec.gc_horizon,
                 commit_times: rec.commit_times,
+                removed: 0,
             };
             t.sort_layers();
             ids.insert(id, rec.tid);
@@ -508,7 +601,7 @@ impl Store {
                     } => {
                         if let Some(t) = timelines.get_mut(&tid) {
                             t.last_seq = t.last_seq.max(seq);
-                            t.note_commit(seq, time_ms);
+                            t.note_commit(seq, time_ms, options.history_retention);
                             for e in entries {
                                 active.insert(tid, e.key, seq, e.value);
                             }
@@ -551,9 +644,12 @@ impl Store {
             cache,
             options,
             manifest_lock: Mutex::new(()),
+            garbage: Mutex::new(Vec::new()),
+            reserve_present: AtomicBool::new(reserve_present),
             compaction_lock: Mutex::new(()),
             flush_lock: Mutex::new(()),
             flush_signal: (Mutex::new(()), Condvar::new()),
+            flush_failure: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             entries_visited: AtomicU64::new(0),
             log_syncs: AtomicU64::new(0),
@@ -776,16 +872,23 @@ impl Store {
         read::scan(&self.inner, id, start, end, at, limit, max_bytes)
     }
 
-    /// Collects history now, of timeline `id` or of every timeline: merges each timeline's
-    /// layers into one, keeping what the retention window and branch points need, and
-    /// deletes the old files.
+    /// Collects history now, of timeline `id` or of every timeline: first writes the
+    /// memtable to layer files (so that the log, where the newest writes are, is collected
+    /// too, and the log segments go), then merges each timeline's layers into one, keeping
+    /// what the retention window and branch points need, and deletes the old files. The
+    /// report counts the versions dropped by both steps.
     ///
     /// # Errors
     ///
     /// [`StoreError::NotFound`]; [`StoreError::DiskFull`] or [`StoreError::Io`] (nothing is
     /// lost: the old files stay until the new one is in place).
     pub fn gc(&self, id: Option<&TimelineId>) -> Result<GcReport, StoreError> {
-        compact::gc(&self.inner, id)
+        if let Some(id) = id {
+            self.inner.read_state().tid(id)?;
+        }
+        let baseline = compact::baseline(&self.inner);
+        self.flush()?;
+        compact::gc(&self.inner, id, baseline)
     }
 
     /// Writes everything in memtables to layer files now, and waits for it.
@@ -851,5 +954,36 @@ impl Drop for Store {
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_times_are_sampled_about_a_thousand_times_per_retention_window() {
+        assert_eq!(commit_sample_gap_ms(Duration::ZERO), 1000);
+        assert_eq!(commit_sample_gap_ms(Duration::from_secs(60)), 1000);
+        assert_eq!(commit_sample_gap_ms(Duration::from_secs(24 * 3600)), 86_400);
+        let mut t = Timeline {
+            id: "t".parse().expect("a timeline id"),
+            tid: 0,
+            generation: 0,
+            last_seq: 0,
+            parent: None,
+            layers: Vec::new(),
+            gc_horizon: 0,
+            commit_times: Vec::new(),
+            removed: 0,
+        };
+        // A day of commits, one a second, with a day's retention: about a thousand samples,
+        // 86.4 s apart (87 s, as commits come each whole second).
+        let day = Duration::from_secs(24 * 3600);
+        for s in 0..86_400u64 {
+            t.note_commit(s + 1, s * 1000, day);
+        }
+        assert_eq!(t.commit_times.len(), 994);
+        assert_eq!(t.commit_times[..3], [(1, 0), (88, 87_000), (175, 174_000)]);
     }
 }

@@ -9,7 +9,6 @@
 //! the keys it passes, not their versions.
 
 use std::ops::Bound;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -93,10 +92,28 @@ fn chain(st: &State, tid: u64, seq: u64) -> Result<Vec<Link>, StoreError> {
     Ok(links)
 }
 
+/// Entries one read or scan looked at, added to the store's count (and to
+/// `lakebed_pagestore_entries_visited_total`) when it ends, however it ends.
+struct Visits<'a> {
+    inner: &'a Inner,
+    n: u64,
+}
+
+impl Drop for Visits<'_> {
+    fn drop(&mut self) {
+        self.inner.note_visited(self.n);
+    }
+}
+
 impl Snapshot {
     /// The value of `key`: the first place, in priority order, with a version at or below
     /// its link's seq decides.
-    fn get(&self, inner: &Inner, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+    fn get(
+        &self,
+        inner: &Inner,
+        key: &[u8],
+        visits: &mut Visits<'_>,
+    ) -> Result<Option<Bytes>, StoreError> {
         for link in &self.links {
             for m in &self.memtables {
                 let found = m
@@ -108,7 +125,7 @@ impl Snapshot {
                 }
             }
             for layer in &link.layers {
-                inner.entries_visited.fetch_add(1, Ordering::Relaxed);
+                visits.n += 1;
                 if let Some(e) = layer.get(key, link.upto, &inner.cache)? {
                     return Ok(e.value);
                 }
@@ -135,10 +152,11 @@ pub fn read<K: AsRef<[u8]>>(
         check_key(key.as_ref())?;
     }
     let snap = snapshot(inner, id, at)?;
+    let mut visits = Visits { inner, n: 0 };
     let mut total = 0usize;
     let mut values = Vec::with_capacity(keys.len());
     for key in keys {
-        let value = snap.get(inner, key.as_ref())?;
+        let value = snap.get(inner, key.as_ref(), &mut visits)?;
         total += value.as_ref().map_or(0, Bytes::len);
         if total > MAX_RESPONSE_BYTES {
             return Err(StoreError::InvalidArgument(format!(
@@ -181,8 +199,9 @@ impl Cursor {
         &mut self,
         inner: &Inner,
         end: Option<&[u8]>,
+        visits: &mut Visits<'_>,
     ) -> Result<Option<(Bytes, Found)>, StoreError> {
-        inner.entries_visited.fetch_add(1, Ordering::Relaxed);
+        visits.n += 1;
         match self {
             Cursor::Memtable {
                 memtable,
@@ -288,9 +307,10 @@ pub fn scan(
             });
         }
     }
+    let mut visits = Visits { inner, n: 0 };
     let mut heads = Vec::with_capacity(cursors.len());
     for c in &mut cursors {
-        heads.push(c.next(inner, end)?);
+        heads.push(c.next(inner, end, &mut visits)?);
     }
     let mut bytes = 0usize;
     loop {
@@ -309,7 +329,7 @@ pub fn scan(
                 {
                     answer = found;
                 }
-                *head = cursor.next(inner, end)?;
+                *head = cursor.next(inner, end, &mut visits)?;
             }
         }
         if let Some(Some(value)) = answer {

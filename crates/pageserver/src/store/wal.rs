@@ -260,6 +260,11 @@ impl Wal {
         }
     }
 
+    /// Whether nothing was appended to this segment yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Closes this segment and starts the next; returns the new segment's number.
     ///
     /// # Errors

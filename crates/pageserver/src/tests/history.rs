@@ -200,6 +200,8 @@ fn overwritten_pages_give_their_space_back_after_gc() {
     drop(store);
     // ...collected once the window is zero.
     let store = open_with(dir.path(), Duration::ZERO);
+    // What the store keeps apart from its data: room for the manifest on a full disk.
+    let reserve = crate::store::reserve::RESERVE_BYTES;
     let live = 200 * 8192u64;
     let report = store.gc(None).unwrap();
     assert_eq!(report.timelines[0].versions_removed, 9 * 200);
@@ -209,11 +211,11 @@ fn overwritten_pages_give_their_space_back_after_gc() {
         report.bytes_before
     );
     assert!(
-        report.bytes_after < 2 * live,
+        report.bytes_after < 2 * live + reserve,
         "{} bytes after GC",
         report.bytes_after
     );
-    assert!(report.bytes_after >= live);
+    assert!(report.bytes_after >= live + reserve);
     assert_eq!(store.version_count().unwrap(), 200);
     let (_, values) = store.read(&tl("t"), &[keys[7].as_bytes()], None).unwrap();
     assert_eq!(values[0].as_deref(), Some(&[9u8; 8192][..]));
