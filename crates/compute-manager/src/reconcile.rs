@@ -101,17 +101,10 @@ fn live_postmaster(pgdata: &Path) -> Option<i32> {
 /// (`-D path`) and the pagefs (`--mountpoint path`) of one compute.
 fn processes_with_arg(path: &Path) -> Vec<i32> {
     let want = path.as_os_str().as_encoded_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            cmdline.split(|&b| b == 0).any(|a| a == want).then_some(pid)
-        })
-        .collect()
+    crate::postgres::processes_where(|proc_dir| {
+        std::fs::read(proc_dir.join("cmdline"))
+            .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|a| a == want))
+    })
 }
 
 /// Stops a postmaster that is not our child: we cannot wait() for it, so we watch /proc.

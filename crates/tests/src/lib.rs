@@ -588,6 +588,16 @@ pub struct PageServerProcess {
     log: PathBuf,
 }
 
+/// Page store client options for tests: the [`DEADLINE`] as the retry budget and short
+/// backoffs, so a test notices a restarted page store quickly.
+pub fn client_options(url: String) -> lakebed_pageserver_client::ClientOptions {
+    let mut o = lakebed_pageserver_client::ClientOptions::new(url);
+    o.total_timeout = DEADLINE;
+    o.initial_backoff = Duration::from_millis(20);
+    o.max_backoff = Duration::from_millis(200);
+    o
+}
+
 impl PageServerProcess {
     /// Starts `lakebed --data-dir DIR pageserver --listen LISTEN [extra]` and waits (at most
     /// [`DEADLINE`]) for `pageserver listening on ADDR`.
@@ -662,6 +672,13 @@ impl PageServerProcess {
     /// `http://ADDR`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A client of this page store with [`client_options`].
+    pub async fn client(&self) -> lakebed_pageserver_client::PageStoreClient {
+        lakebed_pageserver_client::PageStoreClient::connect(client_options(self.url()))
+            .await
+            .expect("connect to the page server")
     }
 
     /// Sends `signal` and waits (at most [`DEADLINE`]) for the process to exit.

@@ -16,9 +16,9 @@ use lakebed_pageserver_api::proto;
 use lakebed_pageserver_api::proto::page_store_client::PageStoreClient as RawClient;
 use lakebed_pageserver_client::limits::{MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use lakebed_pageserver_client::{
-    ClientOptions, ClientTls, Generation, PageStoreClient, RpcError, Seq, TimelineId, WriteBatch,
+    ClientTls, Generation, PageStoreClient, RpcError, Seq, TimelineId, WriteBatch,
 };
-use lakebed_tests::{DEADLINE, DataDir, PageServerProcess, files_under};
+use lakebed_tests::{DEADLINE, DataDir, PageServerProcess, client_options, files_under};
 use nix::sys::signal::Signal;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use tokio::time::timeout;
@@ -29,20 +29,6 @@ fn tl(id: &str) -> TimelineId {
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn options(url: String) -> ClientOptions {
-    let mut o = ClientOptions::new(url);
-    o.total_timeout = DEADLINE;
-    o.initial_backoff = Duration::from_millis(20);
-    o.max_backoff = Duration::from_millis(200);
-    o
-}
-
-async fn client(server: &PageServerProcess) -> PageStoreClient {
-    PageStoreClient::connect(options(server.url()))
-        .await
-        .unwrap()
 }
 
 /// Values of `keys` at `at`, as strings.
@@ -90,7 +76,7 @@ fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
 async fn write_read_scan_at_seqs() {
     let dir = DataDir::new();
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     let t = tl("main");
     assert_eq!(c.create_timeline(&t, None).await.unwrap(), Seq(0));
     let g = c.acquire(&t).await.unwrap();
@@ -171,7 +157,7 @@ async fn write_read_scan_at_seqs() {
 async fn branch_is_copy_on_write() {
     let dir = DataDir::new();
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     let template = tl("template");
     c.create_timeline(&template, None).await.unwrap();
     let g = c.acquire(&template).await.unwrap();
@@ -268,8 +254,8 @@ async fn stale_generation_cannot_change_the_timeline() {
     let dir = DataDir::new();
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
     // Two computes, each with its own connection.
-    let first = client(&server).await;
-    let second = client(&server).await;
+    let first = server.client().await;
+    let second = server.client().await;
     let t = tl("ep");
     first.create_timeline(&t, None).await.unwrap();
     let g1 = first.acquire(&t).await.unwrap();
@@ -324,7 +310,7 @@ async fn stale_generation_cannot_change_the_timeline() {
 async fn acknowledged_writes_survive_sigkill() {
     let dir = DataDir::new();
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
-    let setup = client(&server).await;
+    let setup = server.client().await;
     let t = tl("ledger");
     setup.create_timeline(&t, None).await.unwrap();
     let g = setup.acquire(&t).await.unwrap();
@@ -335,7 +321,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let (enough_tx, mut enough_rx) = tokio::sync::watch::channel(false);
     let mut writers = Vec::new();
     for w in 0..4 {
-        let mut o = options(server.url());
+        let mut o = client_options(server.url());
         o.total_timeout = Duration::from_millis(500);
         let c = PageStoreClient::connect(o).await.unwrap();
         let (t, acked, enough_tx) = (t.clone(), acked.clone(), enough_tx.clone());
@@ -377,7 +363,7 @@ async fn acknowledged_writes_survive_sigkill() {
     );
 
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     let keys: Vec<Bytes> = acknowledged.iter().map(|(k, _, _)| b(k)).collect();
     let got = c.read(&t, keys, None).await.unwrap();
     for ((key, value, _), got) in acknowledged.iter().zip(&got.values) {
@@ -403,7 +389,7 @@ async fn client_waits_for_a_restarted_server_and_gives_up_after_its_timeout() {
     let dir = DataDir::new();
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
     let addr = server.addr;
-    let c = client(&server).await;
+    let c = server.client().await;
     let t = tl("main");
     c.create_timeline(&t, None).await.unwrap();
     let g = c.acquire(&t).await.unwrap();
@@ -442,7 +428,7 @@ async fn client_waits_for_a_restarted_server_and_gives_up_after_its_timeout() {
 
     // With the server gone for good, a call fails with Unavailable after its budget.
     server.stop(Signal::SIGTERM).await;
-    let mut o = options(format!("http://{addr}"));
+    let mut o = client_options(format!("http://{addr}"));
     o.total_timeout = Duration::from_millis(500);
     let short = PageStoreClient::new(o).unwrap();
     match short.describe_timeline(&t).await.unwrap_err() {
@@ -459,7 +445,7 @@ async fn client_waits_for_a_restarted_server_and_gives_up_after_its_timeout() {
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let dir = DataDir::new();
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     let t = tl("t");
     c.create_timeline(&t, None).await.unwrap();
     let g = c.acquire(&t).await.unwrap();
@@ -673,7 +659,7 @@ async fn tls_when_configured() {
         ],
     )
     .await;
-    let mut o = options(format!("https://{}", server.addr));
+    let mut o = client_options(format!("https://{}", server.addr));
     o.tls = Some(ClientTls {
         ca_pem: ca_cert.pem().into_bytes(),
         domain: Some("localhost".to_owned()),
@@ -692,7 +678,7 @@ async fn tls_when_configured() {
     );
 
     // A plaintext client gets nowhere.
-    let mut o = options(server.url());
+    let mut o = client_options(server.url());
     o.total_timeout = Duration::from_millis(500);
     let plain = PageStoreClient::new(o).unwrap();
     assert!(plain.describe_timeline(&t).await.is_err());

@@ -23,12 +23,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lakebed_pageserver_client::{
-    ClientOptions, Generation, PageStoreClient, RpcError, Seq, TimelineId, WriteBatch,
+    Generation, PageStoreClient, RpcError, Seq, TimelineId, WriteBatch,
 };
 use lakebed_tests::stack::Stack;
 use lakebed_tests::{
-    DEADLINE, DataDir, LakebedUp, PageServerProcess, PagefsProcess, Tmpfs, eventually, files_under,
-    lakebed, lakebed_env, lakebed_with_stdin, pagefs_serving, postmasters_serving, prom,
+    DEADLINE, DataDir, LakebedUp, PageServerProcess, PagefsProcess, Tmpfs, client_options,
+    eventually, files_under, lakebed, lakebed_env, lakebed_with_stdin, pagefs_serving,
+    postmasters_serving, prom,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -80,24 +81,10 @@ fn tag_of(value: Option<&Bytes>) -> String {
     }
 }
 
-fn options(url: String) -> ClientOptions {
-    let mut o = ClientOptions::new(url);
-    o.total_timeout = DEADLINE;
-    o.initial_backoff = Duration::from_millis(20);
-    o.max_backoff = Duration::from_millis(200);
-    o
-}
-
-async fn client(server: &PageServerProcess) -> PageStoreClient {
-    PageStoreClient::connect(options(server.url()))
-        .await
-        .unwrap()
-}
-
 /// A client that gives up (with [`RpcError::Unavailable`]) half a second after the page
 /// store went away: a writer that must notice the kill.
 async fn impatient_client(server: &PageServerProcess) -> PageStoreClient {
-    let mut o = options(server.url());
+    let mut o = client_options(server.url());
     o.total_timeout = Duration::from_millis(500);
     PageStoreClient::connect(o).await.unwrap()
 }
@@ -230,7 +217,7 @@ async fn gc_by_the_cli_gives_back_overwritten_history_and_keeps_what_reads_need(
     let dir = DataDir::new();
     let server =
         PageServerProcess::start_with(dir.path(), "127.0.0.1:0", &[], &[(RETENTION, "0s")]).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     let t = tl("t");
     c.create_timeline(&t, None).await.unwrap();
     let g = c.acquire(&t).await.unwrap();
@@ -505,7 +492,7 @@ async fn kill_9_in_group_commit_of_several_computes_loses_no_acknowledged_write(
     let dir = DataDir::new();
     let metrics = ["--metrics-listen", "127.0.0.1:0"];
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &metrics).await;
-    let setup = client(&server).await;
+    let setup = server.client().await;
     let mut timelines = Vec::new();
     for n in 0..4 {
         let t = tl(&format!("compute-{n}"));
@@ -563,7 +550,7 @@ async fn kill_9_in_group_commit_of_several_computes_loses_no_acknowledged_write(
     assert!(acked >= 400, "{acked} acknowledged");
 
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     for w in &done {
         check_writer(&c, w).await;
     }
@@ -736,7 +723,7 @@ async fn kill_9_in_compaction_and_gc_loses_nothing_and_leaves_nothing_behind() {
     let env = [(RETENTION, "0s"), (CACHE_MIB, "16")];
     let server = PageServerProcess::start_with(dir.path(), "127.0.0.1:0", &[], &env).await;
     let store = store_dir(&dir);
-    let c = client(&server).await;
+    let c = server.client().await;
     let t = tl("busy");
     c.create_timeline(&t, None).await.unwrap();
     let g = c.acquire(&t).await.unwrap();
@@ -814,7 +801,7 @@ async fn kill_9_in_compaction_and_gc_loses_nothing_and_leaves_nothing_behind() {
             "{orphan} not removed at open; log:\n{log}"
         );
     }
-    let c = client(&server).await;
+    let c = server.client().await;
     // A compaction output past 5 MiB holds over 640 pages: nearly all of them acknowledged.
     let distinct: BTreeSet<(usize, &Bytes)> = done
         .iter()
@@ -864,7 +851,7 @@ async fn a_full_disk_is_a_clear_error_and_writes_resume_once_there_is_room() {
     let store = disk.path().join("ps").to_str().unwrap().to_owned();
     let env = [(STORE_DIR, store.as_str()), (CACHE_MIB, "16")];
     let server = PageServerProcess::start_with(dir.path(), "127.0.0.1:0", &[], &env).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     let keep = tl("keep");
     c.create_timeline(&keep, None).await.unwrap();
     let gk = c.acquire(&keep).await.unwrap();
@@ -984,7 +971,7 @@ async fn a_full_disk_is_a_clear_error_and_writes_resume_once_there_is_room() {
     // All of it survives a restart on the (full again) disk.
     server.stop(Signal::SIGKILL).await;
     let server = PageServerProcess::start_with(dir.path(), "127.0.0.1:0", &[], &env).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     check(&c, "filler2", &acked).await;
     check(&c, "filler2", &more).await;
     let got = c
@@ -1121,7 +1108,7 @@ async fn namespace_load_work_does_not_grow_with_old_versions() {
             prom::get(&m, "lakebed_pagestore_entries_visited_total", &[])
         }
     };
-    let c = client(&server).await;
+    let c = server.client().await;
     let keys: Vec<String> = (0..200).map(|i| format!("i/{i:04}")).collect();
     for (id, versions) in [("once", 1), ("often", 50)] {
         let t = tl(id);
@@ -1209,7 +1196,7 @@ async fn namespace_load_work_does_not_grow_with_old_versions() {
 async fn a_damaged_store_file_stops_the_start_naming_it() {
     let dir = DataDir::new();
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     let t = tl("t");
     c.create_timeline(&t, None).await.unwrap();
     let g = c.acquire(&t).await.unwrap();
@@ -1267,7 +1254,7 @@ async fn a_damaged_store_file_stops_the_start_naming_it() {
     bad[100] ^= 0xff;
     std::fs::write(&layer, &bad).unwrap();
     let server = PageServerProcess::start(dir.path(), "127.0.0.1:0", &[]).await;
-    let c = client(&server).await;
+    let c = server.client().await;
     match c.read(&t, vec![b("k")], None).await.unwrap_err() {
         RpcError::Server { code, message } => {
             assert_eq!(code, tonic::Code::Internal);

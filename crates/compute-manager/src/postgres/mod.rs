@@ -11,7 +11,9 @@ pub use datadir::EndpointDir;
 pub(crate) use datadir::{initdb, remove_dir_if_exists, tail_lines};
 pub use install::PgInstall;
 pub use os_user::OsUser;
-pub use process::{Postmaster, StartError, kill_postgres_in, postgres_processes_in};
+pub use process::{
+    Postmaster, StartError, kill_postgres_in, postgres_processes_in, processes_where,
+};
 
 /// The superuser role through which the manager administers a compute. It can log in only
 /// over the compute's private Unix socket, by peer authentication mapped from the manager's

@@ -256,10 +256,9 @@ impl Postmaster {
     }
 }
 
-/// Pids of the `postgres` processes (by their command name) whose working directory
-/// satisfies `pred`. Reading another user's takes root, as the manager is when computes run
-/// as another OS user.
-pub fn postgres_processes_in(pred: impl Fn(&Path) -> bool) -> Vec<i32> {
+/// Pids of the running processes whose `/proc/PID` directory satisfies `pred` (an empty
+/// list when `/proc` cannot be read). The one walk of `/proc` the manager does.
+pub fn processes_where(pred: impl Fn(&Path) -> bool) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -267,14 +266,20 @@ pub fn postgres_processes_in(pred: impl Fn(&Path) -> bool) -> Vec<i32> {
         .flatten()
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            if comm.trim_end() != "postgres" {
-                return None;
-            }
-            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
-            pred(&cwd).then_some(pid)
+            pred(&e.path()).then_some(pid)
         })
         .collect()
+}
+
+/// Pids of the `postgres` processes (by their command name) whose working directory
+/// satisfies `pred`. Reading another user's takes root, as the manager is when computes run
+/// as another OS user.
+pub fn postgres_processes_in(pred: impl Fn(&Path) -> bool) -> Vec<i32> {
+    processes_where(|proc_dir| {
+        let is_postgres = std::fs::read_to_string(proc_dir.join("comm"))
+            .is_ok_and(|comm| comm.trim_end() == "postgres");
+        is_postgres && std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| pred(&cwd))
+    })
 }
 
 /// SIGKILLs every `postgres` process working in `pgdata` (see the module docs), and waits
