@@ -7,13 +7,21 @@
 //! are then deleted. A crash before the manifest leaves layer files nothing refers to: they
 //! are deleted at the next open, and the log replays the memtable again.
 //!
-//! **Compaction.** All layers of a timeline are merged into one, keeping what a read at or
+//! **Compaction.** Layers of a timeline are merged into one, keeping what a read at or
 //! above the horizon, or at a branch point, can return ([`super::retention`]). The new
 //! file is in place (and in the manifest) before the old ones are deleted, so a crash at any
-//! point loses nothing, and what it leaves behind is collected at the next open. It runs
-//! when a timeline passes `max_layers` layers, every `gc_interval`, and on demand. It is
+//! point loses nothing, and what it leaves behind is collected at the next open. It is
 //! upkeep, so it gives way on a nearly full disk: it stops (removing its output) rather than
 //! take the room that writes and flushes need, and tries again later.
+//!
+//! Two kinds ([`Scope`]). Collection (every `gc_interval`, and on demand) merges *all* of a
+//! timeline's layers: only then can the oldest versions go. After a flush, a timeline
+//! whose newest layers piled up merges *those* only, chosen size-tiered ([`tiered_run`]):
+//! the newest layer and each older one no bigger than those taken so far. Layers then grow
+//! like the digits of a binary counter, so a byte is rewritten about log2(timeline /
+//! memtable) times over its life, where merging all layers each time rewrote the whole
+//! timeline every few flushes (most of the page store's disk writes and CPU under a steady
+//! write load).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -192,18 +200,18 @@ fn flush_all(inner: &Inner) -> Result<(), StoreError> {
             let path = segment_path(&inner.wal_dir, s);
             std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
         }
-        // Merge timelines whose layers piled up.
+        // Merge timelines whose newest layers piled up.
         let crowded: Vec<u64> = {
             let st = inner.read_state();
             st.timelines
                 .values()
-                .filter(|t| t.layers.len() > inner.options.max_layers)
+                .filter(|t| tiered_run(&t.layers, inner.options.max_layers).is_some())
                 .map(|t| t.tid)
                 .collect()
         };
         // Merging is upkeep: if it cannot run now (no room), the flush still succeeded.
         for tid in crowded {
-            if let Err(e) = compact(inner, tid) {
+            if let Err(e) = compact(inner, tid, Scope::Crowded) {
                 tracing::warn!(error = %e, "merging a timeline's layers failed; will retry");
             }
         }
@@ -256,7 +264,7 @@ pub fn gc(
     };
     let mut timelines = Vec::new();
     for tid in tids {
-        if let Some(mut t) = compact(inner, tid)? {
+        if let Some(mut t) = compact(inner, tid, Scope::All)? {
             let st = inner.read_state();
             if let Some(now) = st.timelines.get(&tid) {
                 let before = baseline.removed.get(&tid).copied().unwrap_or(0);
@@ -272,9 +280,54 @@ pub fn gc(
     })
 }
 
-/// Merges all layers of timeline `tid` into one, collecting what the horizon allows.
-/// Returns what it did, `None` if the timeline is gone.
-fn compact(inner: &Inner, tid: u64) -> Result<Option<GcTimeline>, StoreError> {
+/// Which layers of a timeline a merge takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Every layer: collection, which only a merge down to the oldest layer can do fully.
+    All,
+    /// The newest layers that [`tiered_run`] picks, if it picks any.
+    Crowded,
+}
+
+/// A merge after a flush takes the newest layers once this many are alike in size.
+const TIER_RUN: usize = 4;
+
+/// How many of `layers` (newest first) a merge after a flush takes, if one is due: the
+/// newest layer, then each older one while it is no bigger than those taken so far, once
+/// that run is [`TIER_RUN`] layers long. Steady flushes then keep at most about
+/// `TIER_RUN + log2(timeline / memtable)` layers; should a timeline still pass
+/// `max_layers` (reads look at every layer), all of them are merged.
+fn tiered_run(layers: &[Arc<Layer>], max_layers: usize) -> Option<usize> {
+    tiered_run_of(layers.iter().map(|l| l.bytes), max_layers)
+}
+
+/// [`tiered_run`] over the layers' sizes in bytes, newest first.
+fn tiered_run_of(sizes: impl IntoIterator<Item = u64>, max_layers: usize) -> Option<usize> {
+    let mut sizes = sizes.into_iter();
+    let mut taken = sizes.next()?;
+    let (mut n, mut count) = (1, 1);
+    let mut open = true;
+    for bytes in sizes {
+        count += 1;
+        if open && bytes <= taken {
+            taken += bytes;
+            n += 1;
+        } else {
+            open = false;
+        }
+    }
+    if n >= TIER_RUN {
+        Some(n)
+    } else if count > max_layers && count >= 2 {
+        Some(count)
+    } else {
+        None
+    }
+}
+
+/// Merges layers of timeline `tid` into one (all of them, or those [`tiered_run`] picks),
+/// collecting what the horizon allows. Returns what it did, `None` if the timeline is gone.
+fn compact(inner: &Inner, tid: u64, scope: Scope) -> Result<Option<GcTimeline>, StoreError> {
     let _one = lock(&inner.compaction_lock);
     let retention = inner.options.history_retention;
     let (id, inputs, horizon, points, root) = {
@@ -282,12 +335,22 @@ fn compact(inner: &Inner, tid: u64) -> Result<Option<GcTimeline>, StoreError> {
         let Some(t) = st.timelines.get(&tid) else {
             return Ok(None);
         };
+        let take = match scope {
+            Scope::All => t.layers.len(),
+            Scope::Crowded => match tiered_run(&t.layers, inner.options.max_layers) {
+                Some(n) => n,
+                None => return Ok(None),
+            },
+        };
+        // Only a merge down to the oldest layer may drop a tombstone of a root timeline:
+        // an older layer left out could still hold a version it hides.
+        let to_oldest = take == t.layers.len();
         (
             t.id.clone(),
-            t.layers.clone(),
+            t.layers[..take].to_vec(),
             st.own_horizon(t, retention),
             st.branch_points(tid),
-            t.parent.is_none(),
+            t.parent.is_none() && to_oldest,
         )
     };
     let worth_it = inputs.len() > 1
@@ -361,4 +424,54 @@ fn compact(inner: &Inner, tid: u64) -> Result<Option<GcTimeline>, StoreError> {
         horizon: Seq(horizon),
         versions_removed: removed,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tiered_run_of;
+
+    #[test]
+    fn a_merge_after_a_flush_takes_the_newest_layers_alike_in_size() {
+        // Not due: too few alike, and no more layers than allowed.
+        assert_eq!(tiered_run_of([], 8), None);
+        assert_eq!(tiered_run_of([10, 10, 10], 8), None);
+        assert_eq!(tiered_run_of([10, 10, 10, 100, 200], 8), None);
+        assert_eq!(tiered_run_of([10], 0), None);
+        // Four alike: those four, not the bigger layers under them.
+        assert_eq!(tiered_run_of([10, 10, 10, 10, 100, 200], 8), Some(4));
+        // Each older layer joins while it is no bigger than those taken so far: 10+10+20
+        // then 40 (<= 40), then 80 (<= 80); 1000 stops it.
+        assert_eq!(tiered_run_of([10, 10, 20, 40, 80, 1000], 8), Some(5));
+        // Sizes that double: no run, but past max_layers all are merged.
+        let doubling = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+        assert_eq!(tiered_run_of(doubling, 16), None);
+        assert_eq!(tiered_run_of(doubling, 8), Some(9));
+    }
+
+    /// Flushes of one size, merged as they come: every layer is rewritten about log2 times,
+    /// not once per merge, and the count stays small.
+    #[test]
+    fn steady_flushes_rewrite_each_byte_a_logarithmic_number_of_times() {
+        let mut layers: Vec<u64> = Vec::new(); // newest first
+        let (mut flushed, mut rewritten) = (0u64, 0u64);
+        let mut most = 0;
+        for _ in 0..1024 {
+            layers.insert(0, 1);
+            flushed += 1;
+            if let Some(n) = tiered_run_of(layers.iter().copied(), 32) {
+                let merged: u64 = layers.drain(..n).sum();
+                rewritten += merged;
+                layers.insert(0, merged);
+            }
+            most = most.max(layers.len());
+        }
+        // At most TIER_RUN - 1 new ones over log2(1024 / TIER_RUN) + 1 merged ones.
+        assert!(most <= 3 + 9, "{most} layers at once");
+        // Merging all layers every ninth flush (as before) rewrites about 1024 * 1024 / 18,
+        // over 58,000 units; tiered, each unit about log2(1024 / TIER_RUN) + 1 = 9 times.
+        assert!(
+            rewritten <= 9 * flushed,
+            "{rewritten} units rewritten for {flushed} flushed"
+        );
+    }
 }

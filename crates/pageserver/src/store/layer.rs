@@ -10,7 +10,7 @@
 //!   a read at a seq inside `[lo, hi)` looks here.
 //!
 //! ```text
-//! file:   newest blocks | history blocks | newest index | history index | footer (72 bytes)
+//! file:   blocks (of both sections, interleaved) | newest index | history index | footer (72 bytes)
 //! block:  entries (see codec) | crc32 of the entries
 //! index:  per block: first key (u16 len + bytes) | first seq u64 | offset u64 | length u32
 //! footer: magic "LKBLAYR1" | timeline u64 | lo u64 | hi u64 | newest count u64 |
@@ -26,7 +26,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,6 +100,8 @@ pub struct Layer {
     pub newest_count: u64,
     /// Entries in the history section.
     pub history_count: u64,
+    /// The file's size in bytes.
+    pub bytes: u64,
     path: PathBuf,
     file: File,
     newest: Vec<IndexEntry>,
@@ -178,6 +180,7 @@ impl Layer {
             hi,
             newest_count,
             history_count,
+            bytes,
             path,
             file,
             newest,
@@ -399,21 +402,20 @@ fn parse_index(buf: Bytes, limit: u64) -> Option<Vec<IndexEntry>> {
     Some(out)
 }
 
-/// One section being written: blocks go to `out`, their index is kept in memory.
-struct SectionWriter {
-    out: BufWriter<File>,
-    len: u64,
+/// One section being built: the block being filled, and the index of the blocks cut so far.
+/// Both sections' blocks go to the one file as they are cut, interleaved: a block's place
+/// is in its index entry, so readers never need a section to be contiguous, and the writer
+/// needs no second file to copy behind the first.
+struct SectionBuilder {
     index: Vec<IndexEntry>,
     block: Vec<u8>,
     first: Option<(Bytes, u64)>,
     count: u64,
 }
 
-impl SectionWriter {
-    fn new(file: File) -> Self {
+impl SectionBuilder {
+    fn new() -> Self {
         Self {
-            out: BufWriter::with_capacity(256 * 1024, file),
-            len: 0,
             index: Vec::new(),
             block: Vec::with_capacity(BLOCK_BYTES + 16 * 1024),
             first: None,
@@ -421,32 +423,31 @@ impl SectionWriter {
         }
     }
 
-    fn push(&mut self, e: &Entry) -> std::io::Result<()> {
+    /// Adds an entry; returns whether the block is full (time to [`SectionBuilder::cut`]).
+    fn push(&mut self, e: &Entry) -> bool {
         if self.first.is_none() {
             self.first = Some((e.key.clone(), e.seq));
         }
         e.encode(&mut self.block);
         self.count += 1;
-        if self.block.len() >= BLOCK_BYTES {
-            self.cut()?;
-        }
-        Ok(())
+        self.block.len() >= BLOCK_BYTES
     }
 
-    fn cut(&mut self) -> std::io::Result<()> {
+    /// Writes the block being filled, if any, to `out` at offset `*len`.
+    fn cut(&mut self, out: &mut BufWriter<File>, len: &mut u64) -> std::io::Result<()> {
         let Some((first_key, first_seq)) = self.first.take() else {
             return Ok(());
         };
         let sum = crc(&self.block);
         self.block.put_u32_le(sum);
-        self.out.write_all(&self.block)?;
+        out.write_all(&self.block)?;
         self.index.push(IndexEntry {
             first_key,
             first_seq,
-            offset: self.len,
+            offset: *len,
             len: self.block.len() as u32,
         });
-        self.len += self.block.len() as u64;
+        *len += self.block.len() as u64;
         self.block.clear();
         Ok(())
     }
@@ -455,7 +456,7 @@ impl SectionWriter {
 /// Writes a new layer file: entries of the newest section in key order, history entries in
 /// (key, newest seq first) order, interleaved as they come; then [`LayerWriter::finish`].
 ///
-/// Its temporary files are removed when it is dropped, finished or not: a flush or
+/// Its temporary file is removed when it is dropped, finished or not: a flush or
 /// compaction that fails half-way (a full disk) gives back what it wrote at once, rather
 /// than holding that space until the next open.
 pub struct LayerWriter {
@@ -463,66 +464,61 @@ pub struct LayerWriter {
     file_no: u64,
     tid: u64,
     tmp: PathBuf,
-    tmp_history: PathBuf,
-    newest: SectionWriter,
-    history: SectionWriter,
+    out: BufWriter<File>,
+    /// Bytes written to `out` so far.
+    len: u64,
+    newest: SectionBuilder,
+    history: SectionBuilder,
     lo: u64,
     hi: u64,
     /// With [`LayerWriter::keep_free`]: bytes of free space to leave, and the output size at
     /// the last check.
     keep_free: Option<(u64, u64)>,
-    _cleanup: TmpFiles,
+    _cleanup: TmpFile,
 }
 
-/// Temporary files removed on drop (one already renamed into place is simply not found).
-struct TmpFiles(Vec<PathBuf>);
+/// A temporary file removed on drop (once renamed into place it is simply not found).
+struct TmpFile(PathBuf);
 
-impl Drop for TmpFiles {
+impl Drop for TmpFile {
     fn drop(&mut self) {
-        for path in &self.0 {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot remove a temporary layer file");
-                }
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %self.0.display(), error = %e, "cannot remove a temporary layer file");
             }
         }
     }
 }
 
 impl LayerWriter {
-    /// Starts layer `file_no` of timeline `tid` in `dir`, under temporary names.
+    /// Starts layer `file_no` of timeline `tid` in `dir`, under a temporary name.
     ///
     /// # Errors
     ///
     /// [`StoreError::Io`], [`StoreError::DiskFull`].
     pub fn create(dir: &Path, file_no: u64, tid: u64) -> Result<LayerWriter, StoreError> {
         let tmp = dir.join(format!("{}.tmp", file_name(file_no)));
-        let tmp_history = dir.join(format!("{}.history.tmp", file_name(file_no)));
-        let open = |p: &Path| {
-            File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(p)
-                .map_err(|e| StoreError::io(p, e))
-        };
-        // Armed before either file exists, so a failure to create the second removes the first.
-        let cleanup = TmpFiles(vec![tmp.clone(), tmp_history.clone()]);
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StoreError::io(&tmp, e))?;
         Ok(LayerWriter {
             dir: dir.to_owned(),
             file_no,
             tid,
-            newest: SectionWriter::new(open(&tmp)?),
-            history: SectionWriter::new(open(&tmp_history)?),
+            out: BufWriter::with_capacity(256 * 1024, file),
+            len: 0,
+            newest: SectionBuilder::new(),
+            history: SectionBuilder::new(),
+            _cleanup: TmpFile(tmp.clone()),
             tmp,
-            tmp_history,
             lo: u64::MAX,
             hi: 0,
             keep_free: None,
-            _cleanup: cleanup,
         })
     }
 
@@ -538,7 +534,7 @@ impl LayerWriter {
         let Some((min, checked_at)) = self.keep_free else {
             return Ok(());
         };
-        let written = self.newest.len + self.history.len;
+        let written = self.len;
         if written < checked_at + (1 << 20) {
             return Ok(());
         }
@@ -568,13 +564,17 @@ impl LayerWriter {
         };
         self.hi = self.hi.max(newest.seq);
         self.lo = self.lo.min(versions.last().map_or(newest.seq, |e| e.seq));
-        self.newest
-            .push(newest)
-            .map_err(|e| StoreError::io(&self.tmp, e))?;
+        if self.newest.push(newest) {
+            self.newest
+                .cut(&mut self.out, &mut self.len)
+                .map_err(|e| StoreError::io(&self.tmp, e))?;
+        }
         for e in older {
-            self.history
-                .push(e)
-                .map_err(|e| StoreError::io(&self.tmp_history, e))?;
+            if self.history.push(e) {
+                self.history
+                    .cut(&mut self.out, &mut self.len)
+                    .map_err(|e| StoreError::io(&self.tmp, e))?;
+            }
         }
         self.check_space()
     }
@@ -584,13 +584,13 @@ impl LayerWriter {
         self.newest.count == 0
     }
 
-    /// Finishes the file: appends the history section and the indexes, fsyncs, renames it
-    /// into place and opens it. The caller fsyncs the directory. An empty writer writes
-    /// nothing and returns `None`.
+    /// Finishes the file: cuts the last blocks, appends the indexes and the footer, fsyncs,
+    /// renames it into place and opens it. The caller fsyncs the directory. An empty writer
+    /// writes nothing and returns `None`.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Io`], [`StoreError::DiskFull`]; the temporary files are removed.
+    /// [`StoreError::Io`], [`StoreError::DiskFull`]; the temporary file is removed.
     pub fn finish(mut self) -> Result<Option<Layer>, StoreError> {
         if self.is_empty() {
             return Ok(None);
@@ -599,30 +599,21 @@ impl LayerWriter {
             let p = p.to_owned();
             move |e| StoreError::io(&p, e)
         };
-        self.newest.cut().map_err(io(&self.tmp))?;
-        self.history.cut().map_err(io(&self.tmp_history))?;
-        // Append the history section behind the newest one.
-        let history_file = self
-            .history
-            .out
-            .into_inner()
-            .map_err(|e| StoreError::io(&self.tmp_history, e.into_error()))?;
-        let mut history_file = history_file;
-        history_file
-            .seek(SeekFrom::Start(0))
-            .map_err(io(&self.tmp_history))?;
-        let base = self.newest.len;
-        std::io::copy(&mut history_file, &mut self.newest.out).map_err(io(&self.tmp))?;
+        self.newest
+            .cut(&mut self.out, &mut self.len)
+            .map_err(io(&self.tmp))?;
+        self.history
+            .cut(&mut self.out, &mut self.len)
+            .map_err(io(&self.tmp))?;
         let mut index = Vec::new();
         for ie in &self.newest.index {
-            put_index(&mut index, ie, 0);
+            put_index(&mut index, ie);
         }
         let newest_len = index.len();
         for ie in &self.history.index {
-            put_index(&mut index, ie, base);
+            put_index(&mut index, ie);
         }
         let history_len = index.len() - newest_len;
-        let index_off = base + self.history.len;
         let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
         footer.put_slice(MAGIC);
         footer.put_u64_le(self.tid);
@@ -630,16 +621,14 @@ impl LayerWriter {
         footer.put_u64_le(self.hi);
         footer.put_u64_le(self.newest.count);
         footer.put_u64_le(self.history.count);
-        footer.put_u64_le(index_off);
+        footer.put_u64_le(self.len);
         footer.put_u32_le(newest_len as u32);
         footer.put_u32_le(history_len as u32);
         footer.put_u32_le(crc(&index));
         footer.put_u32_le(crc(&footer));
-        let out = &mut self.newest.out;
-        out.write_all(&index).map_err(io(&self.tmp))?;
-        out.write_all(&footer).map_err(io(&self.tmp))?;
+        self.out.write_all(&index).map_err(io(&self.tmp))?;
+        self.out.write_all(&footer).map_err(io(&self.tmp))?;
         let file = self
-            .newest
             .out
             .into_inner()
             .map_err(|e| StoreError::io(&self.tmp, e.into_error()))?;
@@ -650,11 +639,11 @@ impl LayerWriter {
     }
 }
 
-fn put_index(out: &mut Vec<u8>, ie: &IndexEntry, base: u64) {
+fn put_index(out: &mut Vec<u8>, ie: &IndexEntry) {
     out.put_u16_le(ie.first_key.len() as u16);
     out.put_slice(&ie.first_key);
     out.put_u64_le(ie.first_seq);
-    out.put_u64_le(ie.offset + base);
+    out.put_u64_le(ie.offset);
     out.put_u32_le(ie.len);
 }
 

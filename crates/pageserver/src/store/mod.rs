@@ -87,7 +87,8 @@ pub struct StoreOptions {
     /// for decoded layer blocks, a quarter (at most 64 MiB) for the memtable before it is
     /// frozen.
     pub cache_bytes: u64,
-    /// A timeline's layers are merged once it has more than this many. Default 8.
+    /// A timeline's layers are all merged once it has more than this many (merges after
+    /// flushes keep far fewer; see `compact`). Default 32.
     pub max_layers: usize,
 }
 
@@ -97,7 +98,7 @@ impl Default for StoreOptions {
             history_retention: Duration::from_secs(24 * 3600),
             gc_interval: Duration::from_secs(600),
             cache_bytes: 256 << 20,
-            max_layers: 8,
+            max_layers: 32,
         }
     }
 }

@@ -100,6 +100,69 @@ fn reads_through_memtables_layers_and_compaction_agree_with_a_model() {
     check(&store);
 }
 
+/// A merge after flushes takes the newest layers only (a big old layer is not rewritten),
+/// and, not reaching the oldest layer, keeps the tombstone that hides the value in it, even
+/// with a zero window that lets every other old version go.
+#[test]
+fn merges_after_flushes_take_the_newest_layers_and_keep_tombstones_hiding_older_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        history_retention: Duration::ZERO,
+        gc_interval: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(dir.path(), options).unwrap();
+    store.create_timeline(&tl("t"), None).unwrap();
+    // The big, old layer: "k" and a thousand 1 KiB values.
+    let pad = "x".repeat(1024);
+    let big: Vec<(String, String)> = (0..1000)
+        .map(|i| (format!("big{i:04}"), pad.clone()))
+        .collect();
+    let mut puts: Vec<(&str, &str)> = big.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    puts.push(("k", "old"));
+    write(&store, "t", 0, &puts, &[]);
+    store.flush().unwrap();
+    let old_layers = layer_files(dir.path());
+    assert_eq!(old_layers.len(), 1);
+    // Four small layers, the first deleting "k": the fourth flush merges those four.
+    write(&store, "t", 0, &[("s0", "a")], &["k"]);
+    store.flush().unwrap();
+    for i in 1..4 {
+        write(&store, "t", 0, &[(&format!("s{i}"), "a")], &[]);
+        store.flush().unwrap();
+    }
+    let now = layer_files(dir.path());
+    assert_eq!(now.len(), 2, "four new layers merged into one: {now:?}");
+    assert!(
+        now.contains(&old_layers[0]),
+        "the big layer was rewritten: {now:?}"
+    );
+    assert_eq!(
+        read(&store, "t", &["k", "s0", "big0999"], None),
+        [None, Some("a".into()), Some(pad.clone())]
+    );
+    // A collection merges down to the oldest layer: the tombstone and the value go.
+    let before = store.version_count().unwrap();
+    store.gc(None).unwrap();
+    assert_eq!(store.version_count().unwrap(), before - 2);
+    assert_eq!(layer_files(dir.path()).len(), 1);
+    assert_eq!(
+        read(&store, "t", &["k", "s3"], None),
+        [None, Some("a".into())]
+    );
+}
+
+/// The layer files in a store's directory, sorted.
+fn layer_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".layer"))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn gc_keeps_the_newest_and_branch_points_and_refuses_reads_below_the_horizon() {
     let dir = tempfile::tempdir().unwrap();
