@@ -215,3 +215,25 @@ mod tests {
         assert_eq!(Generation(u32::MAX).next(), None);
     }
 }
+
+/// What one timeline's history collection did (`Gc` in `pagestore.proto`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcTimeline {
+    /// The timeline.
+    pub timeline: TimelineId,
+    /// The horizon it was collected at: reads and branches below it are refused.
+    pub horizon: Seq,
+    /// Versions (puts and tombstones) removed.
+    pub versions_removed: u64,
+}
+
+/// What one history collection did, over one timeline or all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Per timeline collected.
+    pub timelines: Vec<GcTimeline>,
+    /// Bytes of the page store's files on disk before.
+    pub bytes_before: u64,
+    /// Bytes of the page store's files on disk after.
+    pub bytes_after: u64,
+}

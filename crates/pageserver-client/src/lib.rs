@@ -10,7 +10,9 @@
 pub mod pagefs;
 pub mod rpc;
 
-pub use lakebed_pageserver_api::{Generation, Seq, TimelineId, TimelineIdError, limits};
+pub use lakebed_pageserver_api::{
+    GcReport, GcTimeline, Generation, Seq, TimelineId, TimelineIdError, limits,
+};
 pub use rpc::{
     ClientOptions, ClientTls, PageStoreClient, ReadResult, RpcError, ScanPage, TimelineInfo,
     WriteBatch,

@@ -36,7 +36,7 @@ use lakebed_pageserver_api::proto::{
     self, AcquireRequest, BranchPoint, CreateTimelineRequest, DeleteTimelineRequest,
     DescribeTimelineRequest, ErrorDetail, ReadRequest, ScanRequest, WriteRequest,
 };
-use lakebed_pageserver_api::{Generation, Seq, TimelineId};
+use lakebed_pageserver_api::{GcReport, GcTimeline, Generation, Seq, TimelineId};
 use prost::Message;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -208,28 +208,6 @@ pub struct TimelineInfo {
     pub parent: Option<(TimelineId, Seq)>,
     /// Reads and branches below this seq are refused (0: all history kept).
     pub gc_horizon: Seq,
-}
-
-/// What one timeline's garbage collection did, as [`PageStoreClient::gc`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GcTimeline {
-    /// The timeline.
-    pub timeline: String,
-    /// The horizon collected up to.
-    pub horizon: Seq,
-    /// Versions (puts and tombstones) removed.
-    pub versions_removed: u64,
-}
-
-/// What [`PageStoreClient::gc`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GcReport {
-    /// Per timeline collected.
-    pub timelines: Vec<GcTimeline>,
-    /// Bytes of the store's files on disk before.
-    pub bytes_before: u64,
-    /// Bytes of the store's files on disk after.
-    pub bytes_after: u64,
 }
 
 /// A batch of puts and deletes for [`PageStoreClient::write`], applied atomically under one
@@ -479,12 +457,16 @@ impl PageStoreClient {
             timelines: resp
                 .timelines
                 .into_iter()
-                .map(|t| GcTimeline {
-                    timeline: t.timeline,
-                    horizon: Seq(t.horizon),
-                    versions_removed: t.versions_removed,
+                .map(|t| {
+                    Ok(GcTimeline {
+                        timeline: t.timeline.parse().map_err(|e| {
+                            RpcError::Protocol(format!("collected timeline id: {e}"))
+                        })?,
+                        horizon: Seq(t.horizon),
+                        versions_removed: t.versions_removed,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, RpcError>>()?,
             bytes_before: resp.bytes_before,
             bytes_after: resp.bytes_after,
         })

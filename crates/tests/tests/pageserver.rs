@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -316,8 +316,11 @@ async fn acknowledged_writes_survive_sigkill() {
     let g = setup.acquire(&t).await.unwrap();
 
     // Four writers, each writing its own numbered keys until the server dies, recording every
-    // write the server acknowledged.
+    // write the server acknowledged. None starts a write once the kill is under way: its
+    // retries could reach another test's page store on the freed port. A write already in
+    // flight then fails (or was acknowledged before the kill); before it, nothing may fail.
     let acked = Arc::new(AtomicU64::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
     let (enough_tx, mut enough_rx) = tokio::sync::watch::channel(false);
     let mut writers = Vec::new();
     for w in 0..4 {
@@ -325,9 +328,13 @@ async fn acknowledged_writes_survive_sigkill() {
         o.total_timeout = Duration::from_millis(500);
         let c = PageStoreClient::connect(o).await.unwrap();
         let (t, acked, enough_tx) = (t.clone(), acked.clone(), enough_tx.clone());
+        let killed = killed.clone();
         writers.push(tokio::spawn(async move {
             let mut done = Vec::new();
             for i in 0.. {
+                if killed.load(Ordering::SeqCst) {
+                    break;
+                }
                 let key = format!("w{w}/{i:05}");
                 let value = format!("value {w} {i}");
                 match c
@@ -335,8 +342,8 @@ async fn acknowledged_writes_survive_sigkill() {
                     .await
                 {
                     Ok(seq) => done.push((key, value, seq)),
-                    Err(RpcError::Unavailable { .. }) => break,
-                    Err(e) => panic!("unexpected error: {e}"),
+                    Err(_) if killed.load(Ordering::SeqCst) => break,
+                    Err(e) => panic!("a write failed before the kill: {e}"),
                 }
                 if acked.fetch_add(1, Ordering::SeqCst) + 1 >= 200 {
                     let _ = enough_tx.send(true);
@@ -350,6 +357,7 @@ async fn acknowledged_writes_survive_sigkill() {
         .unwrap()
         .unwrap();
     // Kill mid-stream: writes are in flight right now.
+    killed.store(true, Ordering::SeqCst);
     let status = server.stop(Signal::SIGKILL).await;
     assert_eq!(status.code(), None, "killed by a signal");
     let mut acknowledged = Vec::new();

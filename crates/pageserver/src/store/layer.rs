@@ -426,7 +426,10 @@ impl SectionBuilder {
     /// Adds an entry; returns whether the block is full (time to [`SectionBuilder::cut`]).
     fn push(&mut self, e: &Entry) -> bool {
         if self.first.is_none() {
-            self.first = Some((e.key.clone(), e.seq));
+            // A copy: the entry's key is a slice of its source (an input layer's block, a
+            // write request), and the index, kept until the layer is finished, would hold
+            // that whole buffer alive for every block written, as much memory as the output.
+            self.first = Some((Bytes::copy_from_slice(&e.key), e.seq));
         }
         e.encode(&mut self.block);
         self.count += 1;

@@ -57,6 +57,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+pub use lakebed_pageserver_api::{GcReport, GcTimeline};
 use lakebed_pageserver_api::{Generation, Seq, TimelineId};
 
 pub use error::StoreError;
@@ -140,28 +141,6 @@ pub struct ScanResult {
     pub more: bool,
     /// The seq the scan was served at.
     pub seq: Seq,
-}
-
-/// What one timeline's collection did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GcTimeline {
-    /// The timeline.
-    pub timeline: TimelineId,
-    /// The horizon it was collected at.
-    pub horizon: Seq,
-    /// Versions removed.
-    pub versions_removed: u64,
-}
-
-/// What [`Store::gc`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GcReport {
-    /// Per timeline.
-    pub timelines: Vec<GcTimeline>,
-    /// Bytes of the store's files before.
-    pub bytes_before: u64,
-    /// Bytes of the store's files after.
-    pub bytes_after: u64,
 }
 
 /// Figures about a store, for metrics and tests.
