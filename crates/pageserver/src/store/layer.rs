@@ -695,3 +695,53 @@ impl KeyVersions {
         Ok(Some(versions))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Keys and values sliced from one big buffer (as they come from a write request or an
+    /// input layer's block): the index a writer keeps until it finishes holds copies of its
+    /// first keys, so the buffer is not kept alive by every block written (a compaction
+    /// held as much memory as it wrote that way), and the layer reads back what was pushed.
+    #[test]
+    fn the_index_copies_first_keys_rather_than_holding_their_source_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, value_len) = (64usize, 8192usize);
+        let mut raw = Vec::new();
+        for i in 0..keys {
+            raw.extend_from_slice(format!("key-{i:04}").as_bytes());
+        }
+        raw.resize(raw.len() + value_len, b'v');
+        let source = Bytes::from(raw);
+        let within = |b: &Bytes| {
+            let start = source.as_ptr() as usize;
+            (start..start + source.len()).contains(&(b.as_ptr() as usize))
+        };
+        let value = source.slice(keys * 8..);
+        let mut w = LayerWriter::create(dir.path(), 1, 7).unwrap();
+        for i in 0..keys {
+            let key = source.slice(i * 8..i * 8 + 8);
+            assert!(within(&key));
+            w.push_key(&[Entry {
+                key,
+                seq: i as u64 + 1,
+                value: Some(value.clone()),
+            }])
+            .unwrap();
+        }
+        // 64 values of 8 KiB: several 64 KiB blocks cut so far, none holding the source.
+        assert!(w.newest.index.len() >= 4, "{} blocks", w.newest.index.len());
+        for ie in &w.newest.index {
+            assert!(
+                !within(&ie.first_key),
+                "an index key slices the source buffer"
+            );
+        }
+        let layer = Arc::new(w.finish().unwrap().unwrap());
+        let cache = block_cache(1 << 20);
+        let got = layer.get(b"key-0042", u64::MAX, &cache).unwrap().unwrap();
+        assert_eq!((got.seq, got.value), (43, Some(value)));
+    }
+}
