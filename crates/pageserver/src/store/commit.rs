@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -95,7 +95,25 @@ struct Round {
 
 /// Runs the commit thread until the store is dropped.
 pub fn run(inner: &Arc<Inner>, mut wal: Wal, ops: &Receiver<Op>) {
-    while let Ok(first) = ops.recv() {
+    loop {
+        // Idle for `idle_flush`: a memtable holding anything is frozen (and so flushed to a
+        // layer), so a page store at rest gives back the memory of its newest writes, and a
+        // restart has little log to replay.
+        let first = match ops.recv_timeout(inner.options.idle_flush) {
+            Ok(op) => op,
+            Err(RecvTimeoutError::Timeout) => {
+                let idle = inner
+                    .read_state()
+                    .active
+                    .read()
+                    .is_ok_and(|m| !m.is_empty());
+                if idle && let Err(e) = freeze(inner, &mut wal) {
+                    tracing::warn!(error = %e, "cannot freeze the idle memtable (will retry)");
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let mut bytes = first.bytes();
         let mut batch = vec![first];
         while bytes < GROUP_BYTES {

@@ -6,16 +6,18 @@
 //!   gives them seqs, appends them to the log with one `fdatasync`, and only then makes
 //!   them visible and answers them all: group commit, one device flush for many computes.
 //! - **Memtable** ([`memtable`]): what the log holds since the last flush, in memory by
-//!   timeline and key. Past its budget it is frozen and a new one takes over.
+//!   timeline and key. Past its budget, or after `idle_flush` without a write, it is frozen
+//!   and a new one takes over.
 //! - **Layers** ([`layer`]): the flusher writes each frozen memtable as one sorted layer file
 //!   per timeline, then the log segments it covered are deleted. A layer keeps each key's
 //!   newest version apart from its older ones, so reads and scans at the newest seq never
 //!   walk history.
-//! - **Compaction and GC** ([`compact`]): merge a timeline's layers into one, dropping what
+//! - **Compaction and GC** ([`compact`]): merge layers of a timeline into one, dropping what
 //!   neither the retention window (`pageserver.history_retention`, mapped onto seqs by
 //!   commit times, see [`retention`]) nor a branch point needs. Old files are deleted, so
-//!   space goes back to the file system. Runs when layers pile up, every `gc_interval`, and
-//!   on demand ([`Store::gc`]).
+//!   space goes back to the file system. After flushes, the newest layers alike in size
+//!   (size-tiered, so each byte is rewritten a logarithmic number of times); every
+//!   `gc_interval` and on demand ([`Store::gc`]), all of them.
 //! - **Manifest** ([`manifest`]): timelines, generations, branch points, layer files and
 //!   where replay starts, rewritten atomically. At open: manifest, then layers (checked),
 //!   then log replay; files nothing refers to (a crash mid-flush or mid-compaction) are
@@ -88,6 +90,9 @@ pub struct StoreOptions {
     /// for decoded layer blocks, a quarter (at most 64 MiB) for the memtable before it is
     /// frozen.
     pub cache_bytes: u64,
+    /// After this long without a write, the newest writes (the active memtable) are
+    /// flushed to a layer file, giving back their memory. Default 30 s.
+    pub idle_flush: Duration,
     /// A timeline's layers are all merged once it has more than this many (merges after
     /// flushes keep far fewer; see `compact`). Default 32.
     pub max_layers: usize,
@@ -100,6 +105,7 @@ impl Default for StoreOptions {
             gc_interval: Duration::from_secs(600),
             cache_bytes: 256 << 20,
             max_layers: 32,
+            idle_flush: Duration::from_secs(30),
         }
     }
 }

@@ -163,6 +163,31 @@ fn layer_files(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A store left idle flushes its newest writes to a layer by itself: the memtable's memory
+/// is given back, and the writes read the same from the layer and after a reopen.
+#[test]
+fn an_idle_store_flushes_its_memtable_to_a_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        idle_flush: Duration::from_millis(50),
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(dir.path(), options.clone()).unwrap();
+    store.create_timeline(&tl("t"), None).unwrap();
+    write(&store, "t", 0, &[("k", "v")], &[]);
+    // Awaited, not slept for: the flush is seen in the store's figures.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.stats().memtable_bytes > 0 || store.stats().layers == 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", store.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.stats().layers, 1);
+    assert_eq!(read(&store, "t", &["k"], None), [Some("v".to_owned())]);
+    drop(store);
+    let store = Store::open_with(dir.path(), options).unwrap();
+    assert_eq!(read(&store, "t", &["k"], None), [Some("v".to_owned())]);
+}
+
 #[test]
 fn gc_keeps_the_newest_and_branch_points_and_refuses_reads_below_the_horizon() {
     let dir = tempfile::tempdir().unwrap();
