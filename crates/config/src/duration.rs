@@ -17,12 +17,22 @@ const MIN_SUSPEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default [`SuspendTimeout`]: 5 minutes.
 const DEFAULT_SUSPEND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
+/// The longest duration any setting takes: 100 years (365.25 days each). Longer ones are
+/// refused: no timer needs them, and adding one to a clock reading would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// Why a string is not a [`HumanDuration`] or [`SuspendTimeout`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
     /// Not a duration at all, e.g. `"5 parsecs"` or `"300"` (no unit).
     #[error("{input:?} is not a duration (examples: 90s, 5m, 1h)")]
     NotADuration {
+        /// The rejected input.
+        input: String,
+    },
+    /// Longer than [`MAX_DURATION`], e.g. `"1000000000h"`.
+    #[error("{input:?} is too long: at most 100 years")]
+    TooLong {
         /// The rejected input.
         input: String,
     },
@@ -34,11 +44,21 @@ pub enum DurationError {
     },
 }
 
-/// Parses `s` (surrounding whitespace ignored) with humantime.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    humantime::parse_duration(s.trim()).map_err(|_| DurationError::NotADuration {
+/// Parses `s` (surrounding whitespace ignored) with humantime; at most [`MAX_DURATION`].
+///
+/// # Errors
+///
+/// [`DurationError::NotADuration`], [`DurationError::TooLong`].
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let d = humantime::parse_duration(s.trim()).map_err(|_| DurationError::NotADuration {
         input: s.to_owned(),
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(DurationError::TooLong {
+            input: s.to_owned(),
+        });
+    }
+    Ok(d)
 }
 
 /// A [`Duration`] that is written and read as a human string such as `"90s"` or `"1h 30m"`.
@@ -239,6 +259,22 @@ mod tests {
                 format!("{bad:?} is not a duration (examples: 90s, 5m, 1h)")
             );
         }
+    }
+
+    #[test]
+    fn durations_past_a_hundred_years_are_refused() {
+        for long in ["1000000000h", "18446744073709551615s", "101years"] {
+            let err = long.parse::<HumanDuration>().unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("{long:?} is too long: at most 100 years")
+            );
+            assert!(long.parse::<SuspendTimeout>().is_err());
+        }
+        assert_eq!(
+            "100years".parse::<HumanDuration>().unwrap().get(),
+            MAX_DURATION
+        );
     }
 
     #[test]

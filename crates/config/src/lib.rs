@@ -19,7 +19,7 @@ mod names;
 mod policy;
 mod pool;
 
-pub use duration::{DurationError, HumanDuration, SuspendTimeout};
+pub use duration::{DurationError, HumanDuration, MAX_DURATION, SuspendTimeout, parse_duration};
 pub use load::{
     ComputeConfig, Config, ConfigError, EndpointConfig, KeysConfig, KmsProviderKind, LogConfig,
     LogFormat, ManagerConfig, PageServerConfig, PortRange, ProxyConfig,

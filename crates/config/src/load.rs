@@ -56,6 +56,10 @@ const DEFAULT_PAGESERVER_CACHE_MIB: u64 = 256;
 /// would force a flush every few megabytes written.
 const MIN_PAGESERVER_CACHE_MIB: u64 = 16;
 
+/// Largest allowed `cache_mib` (page store and compute): 1 TiB. Past it no machine has the
+/// memory or disk, and the byte count would overflow.
+const MAX_CACHE_MIB: u64 = 1 << 20;
+
 /// Why the configuration could not be loaded.
 ///
 /// `Display` and `std::error::Error` are written by hand rather than derived with
@@ -798,6 +802,17 @@ impl Config {
                 ),
             );
         }
+        for (key, mib) in [
+            ("pageserver.cache_mib", ps.cache_mib),
+            ("compute.cache_mib", self.compute.cache_mib),
+        ] {
+            if mib > MAX_CACHE_MIB {
+                return fail(
+                    key,
+                    format!("{mib} is too large: at most {MAX_CACHE_MIB} (1 TiB)"),
+                );
+            }
+        }
         let c = &self.compute;
         if c.os_user.trim().is_empty() {
             return fail("compute.os_user", "must not be empty".to_owned());
@@ -1296,6 +1311,18 @@ mod tests {
             (
                 "[pageserver]\ncache_mib = 0",
                 "lakebed.toml: pageserver.cache_mib: 0 is too small: must be at least 16",
+            ),
+            (
+                "[pageserver]\ncache_mib = 9223372036854775807",
+                "lakebed.toml: pageserver.cache_mib: 9223372036854775807 is too large: at most 1048576 (1 TiB)",
+            ),
+            (
+                "[compute]\ncache_mib = 2000000",
+                "lakebed.toml: compute.cache_mib: 2000000 is too large: at most 1048576 (1 TiB)",
+            ),
+            (
+                "[pageserver]\ngc_interval = \"18446744073709551615s\"",
+                "lakebed.toml: pageserver.gc_interval: \"18446744073709551615s\" is too long: at most 100 years",
             ),
             (
                 "[pageserver]\ncache_mib = \"256MiB\"",

@@ -129,7 +129,7 @@ pub struct PagefsArgs {
     pub gid: u32,
     /// How long reads and fsyncs wait for an unreachable page store before failing with
     /// EIO, e.g. 60s.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = lakebed_config::parse_duration)]
     pub io_timeout: std::time::Duration,
     /// Read the tenant's DEKs from standard input (from the compute manager, never argv or
     /// environment) and seal everything sent to the page store under them.

@@ -17,8 +17,9 @@
 //! | `lakebed_pagestore_bytes_read_total` | | value bytes answered by reads; key and value bytes by scans |
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lakebed_pageserver_api::limits::{MAX_RESPONSE_BYTES, MAX_SCAN_ENTRIES};
@@ -149,7 +150,7 @@ fn to_status(error: StoreError) -> Status {
             Some(*horizon),
         ),
         StoreError::DiskFull { .. } => {
-            tracing::error!(error = %error, "page store disk full");
+            log_disk_full(&error);
             Status::resource_exhausted(message)
         }
         StoreError::ShuttingDown => Status::unavailable(message),
@@ -162,6 +163,27 @@ fn to_status(error: StoreError) -> Status {
             Status::internal(message)
         }
     }
+}
+
+/// Lines about a full disk: at most one per this long.
+const DISK_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a refusal for a full disk, at most once per [`DISK_FULL_LOG_EVERY`] with the count
+/// of those left out: a full disk refuses every write of every compute until space returns
+/// (several a second each), and a line per refusal buried the log.
+fn log_disk_full(error: &StoreError) {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    static LEFT_OUT: AtomicU64 = AtomicU64::new(0);
+    let now = Instant::now();
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    if last.is_some_and(|t| now.duration_since(t) < DISK_FULL_LOG_EVERY) {
+        LEFT_OUT.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    *last = Some(now);
+    let left_out = LEFT_OUT.swap(0, Ordering::Relaxed);
+    tracing::error!(error = %error, refusals_not_logged = left_out,
+        "page store disk full: writes are refused until there is room");
 }
 
 /// Makes `span` (an RPC's server span) a child of the caller's span when the request carries

@@ -15,6 +15,8 @@ pub struct SqlState([u8; 5]);
 impl SqlState {
     /// 08P01 protocol_violation.
     pub const PROTOCOL_VIOLATION: Self = Self(*b"08P01");
+    /// 08006 connection_failure (the connection to the compute was lost mid-session).
+    pub const CONNECTION_FAILURE: Self = Self(*b"08006");
     /// 0A000 feature_not_supported (e.g. an unsupported protocol major version).
     pub const FEATURE_NOT_SUPPORTED: Self = Self(*b"0A000");
     /// 28000 invalid_authorization_specification (TLS required, no endpoint named, ...).
@@ -147,6 +149,15 @@ pub enum ProxyError {
         /// Why (internal; not shown to the client).
         detail: String,
     },
+    /// The connection to the compute ended under a session that had already been answered
+    /// on it (the compute stopped or crashed mid-session), so nothing can be replayed.
+    #[error("lost the connection to the compute of endpoint \"{endpoint}\": {detail}")]
+    ComputeLost {
+        /// The endpoint.
+        endpoint: String,
+        /// Why (internal; not shown to the client).
+        detail: String,
+    },
     /// The compute refused the login with its own `ErrorResponse` (say, database does not
     /// exist), passed to the client as it is.
     #[error("compute refused the session")]
@@ -181,6 +192,7 @@ impl ProxyError {
             | Self::ComputeConnect { .. }
             | Self::ControlPlane(_)
             | Self::StaleConnection => SqlState::CANNOT_CONNECT_NOW,
+            Self::ComputeLost { .. } => SqlState::CONNECTION_FAILURE,
             // Written as received, not rebuilt.
             Self::Upstream(_) => return None,
             Self::TlsHandshake(_) | Self::ClientIo(_) => return None,
@@ -198,6 +210,11 @@ impl ProxyError {
             }
             Self::ComputeConnect { endpoint, .. } => format!(
                 "could not connect to the compute of endpoint \"{endpoint}\"; retry shortly"
+            )
+            .into(),
+            Self::ComputeLost { endpoint, .. } => format!(
+                "lost the connection to the compute of endpoint \"{endpoint}\" (it stopped or \
+                 crashed); reconnect to retry"
             )
             .into(),
             other => other.to_string().into(),
@@ -232,6 +249,10 @@ impl ProxyError {
                 endpoint: endpoint.clone(),
                 detail: detail.clone(),
             },
+            Self::ComputeLost { endpoint, detail } => Self::ComputeLost {
+                endpoint: endpoint.clone(),
+                detail: detail.clone(),
+            },
             other => Self::ControlPlane(other.to_string()),
         }
     }
@@ -240,7 +261,10 @@ impl ProxyError {
     pub fn is_client_error(&self) -> bool {
         !matches!(
             self,
-            Self::ControlPlane(_) | Self::ComputeConnect { .. } | Self::WakeFailed { .. }
+            Self::ControlPlane(_)
+                | Self::ComputeConnect { .. }
+                | Self::ComputeLost { .. }
+                | Self::WakeFailed { .. }
         )
     }
 }
@@ -281,6 +305,10 @@ mod tests {
             },
             ProxyError::ControlPlane("secret-detail 10.0.0.7".into()),
             ProxyError::ComputeConnect {
+                endpoint: "e".into(),
+                detail: "secret-detail 10.0.0.7".into(),
+            },
+            ProxyError::ComputeLost {
                 endpoint: "e".into(),
                 detail: "secret-detail 10.0.0.7".into(),
             },

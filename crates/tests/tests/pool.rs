@@ -759,3 +759,62 @@ async fn a_pooled_client_idle_across_a_suspend_keeps_its_connection_and_its_next
     assert_eq!(row.get::<_, i32>(0), 42);
     assert_eq!(value(&p.client, "SHOW search_path").await, "kept, public");
 }
+
+/// A session whose compute dies under a query (its backend killed with SIGKILL, so Postgres
+/// sends nothing and restarts) ends with a FATAL 08006 that says the connection to the
+/// compute was lost, not that one could not be made; once Postgres has recovered, a new
+/// session works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_backend_dies_mid_query_is_told_the_compute_connection_was_lost() {
+    let s = start(&[]).await;
+    let client = s.client().await;
+    let pid: i32 = value(&client, "SELECT pg_backend_pid()")
+        .await
+        .parse()
+        .expect("a pid");
+    let sleeping = tokio::spawn(async move {
+        let result = client.simple_query("SELECT pg_sleep(60)").await;
+        (client, result)
+    });
+    let observer = s.observer().await;
+    eventually("the query is running", || async {
+        let n = value(
+            &observer,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND query LIKE 'SELECT pg_sleep%'"),
+        )
+        .await;
+        if n == "1" { Ok(()) } else { Err(n) }
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL the backend");
+    let (_client, result) = timeout(std::time::Duration::from_secs(60), sleeping)
+        .await
+        .expect("the query ends")
+        .expect("no panic");
+    let err = result.expect_err("the backend died");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("an ErrorResponse, got {err:?}"));
+    assert_eq!(db.code().code(), "08006", "{db:?}");
+    assert!(
+        db.message()
+            .starts_with("lost the connection to the compute of endpoint \"main\""),
+        "{db:?}"
+    );
+    let after = eventually("a new session works once Postgres recovered", || async {
+        match connect_plain(&s.config("postgres")).await {
+            Ok(c) => c
+                .simple_query("SELECT 1")
+                .await
+                .map(|_| c)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(value(&after, "SELECT 41 + 1").await, "42");
+}

@@ -61,17 +61,21 @@ pub fn run_flusher(inner: &Arc<Inner>) {
     }
 }
 
-/// Runs collection every `gc_interval` until shutdown.
+/// Runs collection every `gc_interval` until shutdown. An interval too long to add to the
+/// clock means never (the config refuses more than 100 years; this is for other callers).
 pub fn run_gc(inner: &Arc<Inner>) {
     let interval = inner.options.gc_interval;
-    let mut next = Instant::now() + interval;
+    let mut next = Instant::now().checked_add(interval);
     loop {
         {
             let (m, cv) = &inner.flush_signal;
             let mut g = lock(m);
-            while Instant::now() < next && !inner.shutdown.load(Ordering::SeqCst) {
+            while next.is_none_or(|n| Instant::now() < n) && !inner.shutdown.load(Ordering::SeqCst)
+            {
                 let left = next
-                    .saturating_duration_since(Instant::now())
+                    .map_or(Duration::MAX, |n| {
+                        n.saturating_duration_since(Instant::now())
+                    })
                     .min(Duration::from_secs(1));
                 g = cv
                     .wait_timeout(g, left)
@@ -96,7 +100,7 @@ pub fn run_gc(inner: &Arc<Inner>) {
             }
             Err(e) => tracing::error!(error = %e, "history collection failed; will retry"),
         }
-        next = Instant::now() + interval;
+        next = Instant::now().checked_add(interval);
     }
 }
 

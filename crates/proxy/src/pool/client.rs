@@ -340,7 +340,7 @@ impl PooledClient {
         while let Some((tag, body)) =
             take_frame(&mut conn.buf, MAX_SERVER_MESSAGE).map_err(|e| {
                 conn.broken = true;
-                ProxyError::ComputeConnect {
+                ProxyError::ComputeLost {
                     endpoint: self.pool.key.endpoint.to_string(),
                     detail: e.to_string(),
                 }
@@ -388,7 +388,7 @@ impl PooledClient {
             _ => {
                 let endpoint = self.pool.key.endpoint.to_string();
                 self.release(dead);
-                return Err(ProxyError::ComputeConnect {
+                return Err(ProxyError::ComputeLost {
                     endpoint,
                     detail: "the compute closed the connection".into(),
                 });
