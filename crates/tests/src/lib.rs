@@ -71,6 +71,20 @@ pub fn checks_past_timeout() -> u64 {
         + 3
 }
 
+/// A new directory under the system temp dir named `prefix...`, removed when the guard
+/// drops, and its canonical path (what mounts and `/proc` report).
+pub(crate) fn canonical_tempdir(prefix: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create a temp dir");
+    let path = dir
+        .path()
+        .canonicalize()
+        .expect("canonicalize the temp dir");
+    (dir, path)
+}
+
 /// A temporary Lakebed data directory. Dropping it kills (SIGKILL) every postgres process
 /// of a compute under it (postmasters by their `-D`, backends by their working directory)
 /// and every pagefs mounted under it, detaches their mounts, then removes it.
@@ -82,14 +96,7 @@ pub struct DataDir {
 impl DataDir {
     /// Creates an empty data directory under the system temp dir.
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("lakebed-test-")
-            .tempdir()
-            .expect("create a temp dir");
-        let path = dir
-            .path()
-            .canonicalize()
-            .expect("canonicalize the temp dir");
+        let (dir, path) = canonical_tempdir("lakebed-test-");
         Self { path, _dir: dir }
     }
 

@@ -17,14 +17,7 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// Mounts a tmpfs of `mib` MiB. Panics (naming what `mount` said) if it cannot.
     pub fn mount(mib: u64) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("lakebed-tmpfs-")
-            .tempdir()
-            .expect("create a temp dir");
-        let path = dir
-            .path()
-            .canonicalize()
-            .expect("canonicalize the temp dir");
+        let (dir, path) = crate::canonical_tempdir("lakebed-tmpfs-");
         run_mount(&[
             "-t",
             "tmpfs",
