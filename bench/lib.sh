@@ -12,11 +12,28 @@ LAKEBED_BIN=${LAKEBED_BIN:-$ROOT/target/release/lakebed}
 start_lakebed() {
   BENCH_DIR=$(mktemp -d /tmp/lakebed-bench.XXXXXX)
   chmod 0711 "$BENCH_DIR"
-  local ps_env=""
   if [ "${OWN_PAGESERVER:-0}" = 1 ]; then
     start_pageserver
+  fi
+  launch_lakebed
+}
+
+# restart_lakebed: stops `lakebed up` (which suspends its computes) and starts it again on
+# the same data dir, with the current LAKEBED_EXTRA_ENV; re-reads the banner.
+restart_lakebed() {
+  kill -TERM "$LAKEBED_PID" 2>/dev/null || true
+  wait "$LAKEBED_PID" 2>/dev/null || true
+  launch_lakebed
+}
+
+# launch_lakebed: `lakebed up` on $BENCH_DIR/data (and the page store started before, if
+# any); sets LAKEBED_PID, PROXY_PORT, API_URL, PGPASSWORD, TLS, COMPUTE_PORT, DIRECT, PROXIED.
+launch_lakebed() {
+  local ps_env=""
+  if [ -n "${PAGESERVER_URL:-}" ]; then
     ps_env="LAKEBED_COMPUTE__PAGESERVER_URL=$PAGESERVER_URL"
   fi
+  : >"$BENCH_DIR/up.out"
   # shellcheck disable=SC2086 # NAME=VALUE words
   env LAKEBED_MANAGER__LISTEN=127.0.0.1:0 LAKEBED_PROXY__LISTEN=127.0.0.1:0 LAKEBED_PROXY__API_LISTEN=127.0.0.1:0 \
   LAKEBED_PAGESERVER__LISTEN=127.0.0.1:0 $ps_env \
@@ -30,7 +47,10 @@ start_lakebed() {
   done
   PROXY_PORT=$(sed -n 's/^  proxy *127\.0\.0\.1:\([0-9]*\).*/\1/p' "$BENCH_DIR/up.out")
   API_URL=$(sed -n 's/^  API *\(http:[^ ]*\).*/\1/p' "$BENCH_DIR/up.out")
-  export PGPASSWORD=$(sed -n 's/^  role *lakebed, password \([A-Za-z0-9]*\).*/\1/p' "$BENCH_DIR/up.out")
+  # The password is shown at the first start only; a restart keeps the one read then.
+  local pw
+  pw=$(sed -n 's/^  role *lakebed, password \([A-Za-z0-9]*\).*/\1/p' "$BENCH_DIR/up.out")
+  export PGPASSWORD=${pw:-${PGPASSWORD:-}}
   TLS="$BENCH_DIR/data/tls"
   "$LAKEBED_BIN" --data-dir "$BENCH_DIR/data" endpoint wake main >/dev/null 2>&1
   COMPUTE_PORT=$("$LAKEBED_BIN" --data-dir "$BENCH_DIR/data" endpoint show main --json \

@@ -17,9 +17,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::ManagerError;
+use crate::steps::WakeSteps;
 use crate::verifier::Verifier;
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE tenants (
@@ -62,6 +63,11 @@ ALTER TABLE roles ADD COLUMN pool_mode TEXT;
 const MIGRATE_2_TO_3: &str = "
 ALTER TABLE endpoints ADD COLUMN timeline TEXT;
 UPDATE endpoints SET timeline = 'ep-' || lower(hex(randomblob(8))) WHERE timeline IS NULL;
+";
+
+/// Version 4 to 5: each boot's steps ([`WakeSteps`] as JSON), where its cold start went.
+const MIGRATE_4_TO_5: &str = "
+ALTER TABLE boots ADD COLUMN steps TEXT;
 ";
 
 /// Version 3 to 4: each tenant's CMK (`kms_key_id`; NULL for tenants made before, whose
@@ -153,6 +159,9 @@ pub struct BootRecord {
     pub outcome: String,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Where the time of the wake went, if it came up (boots recorded before this field
+    /// existed have none).
+    pub steps: Option<WakeSteps>,
 }
 
 /// The catalog handle. Cheap calls; each takes a mutex around one SQLite connection.
@@ -176,7 +185,7 @@ impl Catalog {
         conn.busy_timeout(Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
-            0..=3 => {
+            0..=4 => {
                 let tx = conn.unchecked_transaction()?;
                 if version == 0 {
                     tx.execute_batch(SCHEMA)?;
@@ -187,7 +196,10 @@ impl Catalog {
                 if version <= 2 {
                     tx.execute_batch(MIGRATE_2_TO_3)?;
                 }
-                tx.execute_batch(MIGRATE_3_TO_4)?;
+                if version <= 3 {
+                    tx.execute_batch(MIGRATE_3_TO_4)?;
+                }
+                tx.execute_batch(MIGRATE_4_TO_5)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
@@ -598,14 +610,18 @@ impl Catalog {
         Ok(())
     }
 
-    /// Appends a boot to the endpoint's history and returns its number.
+    /// Appends a boot to the endpoint's history and returns its number: its cold start and
+    /// steps if it came up, why not if it did not.
     pub fn record_boot(
         &self,
         endpoint: &EndpointName,
         requested_at: DateTime<Utc>,
-        cold_start: Option<Duration>,
-        error: Option<&str>,
+        outcome: Result<(Duration, &WakeSteps), &str>,
     ) -> Result<u64, ManagerError> {
+        let (cold_start, steps, error) = match outcome {
+            Ok((cold_start, steps)) => (Some(cold_start), serde_json::to_string(steps).ok(), None),
+            Err(error) => (None, None, Some(error)),
+        };
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
         let boot: u64 = tx.query_row(
@@ -614,8 +630,8 @@ impl Catalog {
             |r| r.get(0),
         )?;
         tx.execute(
-            "INSERT INTO boots (endpoint, boot, requested_at, cold_start_ms, outcome, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO boots (endpoint, boot, requested_at, cold_start_ms, outcome, error, steps)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 endpoint.as_str(),
                 boot,
@@ -623,6 +639,7 @@ impl Catalog {
                 cold_start.map(|d| d.as_millis() as u64),
                 if error.is_none() { "active" } else { "failed" },
                 error,
+                steps,
             ],
         )?;
         tx.commit()?;
@@ -637,7 +654,7 @@ impl Catalog {
     ) -> Result<Vec<BootRecord>, ManagerError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT boot, requested_at, cold_start_ms, outcome, error FROM boots
+            "SELECT boot, requested_at, cold_start_ms, outcome, error, steps FROM boots
              WHERE endpoint = ?1 ORDER BY boot DESC LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![endpoint.as_str(), limit], |r| {
@@ -647,6 +664,9 @@ impl Catalog {
                 cold_start_ms: r.get(2)?,
                 outcome: r.get(3)?,
                 error: r.get(4)?,
+                steps: r
+                    .get::<_, Option<String>>(5)?
+                    .and_then(|json| serde_json::from_str(&json).ok()),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -769,6 +789,11 @@ mod tests {
             keep_warm: vec!["Mon-Fri 08:00-18:00 Europe/Berlin".parse().unwrap()],
         };
         let v = Verifier::from_password("pw");
+        let steps = WakeSteps {
+            mount_ms: 40,
+            postgres_start_ms: 70,
+            ..WakeSteps::default()
+        };
         {
             let c = Catalog::open(&path).unwrap();
             assert!(c.ensure_tenant(&t, None).unwrap());
@@ -776,14 +801,11 @@ mod tests {
             c.create_endpoint(&e, &t, &policy).unwrap();
             c.create_role(&e, &r, &v).unwrap();
             assert_eq!(
-                c.record_boot(&e, Utc::now(), Some(Duration::from_millis(812)), None)
+                c.record_boot(&e, Utc::now(), Ok((Duration::from_millis(812), &steps)))
                     .unwrap(),
                 1
             );
-            assert_eq!(
-                c.record_boot(&e, Utc::now(), None, Some("boom")).unwrap(),
-                2
-            );
+            assert_eq!(c.record_boot(&e, Utc::now(), Err("boom")).unwrap(), 2);
         }
         let c = Catalog::open(&path).unwrap();
         let ep = c.endpoint(&e).unwrap();
@@ -795,6 +817,8 @@ mod tests {
         let boots = c.boots(&e, 10).unwrap();
         assert_eq!(boots[0].outcome, "failed");
         assert_eq!(boots[1].cold_start_ms, Some(812));
+        assert_eq!(boots[1].steps.as_ref(), Some(&steps));
+        assert_eq!(boots[0].steps, None, "a failed boot has no steps");
         assert_eq!(c.boot_count(&e).unwrap(), 1);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(

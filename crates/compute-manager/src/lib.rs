@@ -13,6 +13,7 @@
 //!   starting and stopping one postmaster as an unprivileged OS user.
 //! - [`compute`]: the state a compute is in, as a type, and what a client may see of it.
 //! - [`manager`]: wake and suspend, serialised per endpoint so concurrent wakes share one start.
+//! - [`steps`]: where the time of each wake went, step by step.
 //! - [`activity`]: the autosuspend monitor that polls `pg_stat_activity`.
 //! - [`reconcile`]: what a restarted manager does with computes a crashed one left behind.
 //! - [`api`]: the axum HTTP API with bearer-token auth and JSON errors.
@@ -29,6 +30,7 @@ mod error;
 pub mod manager;
 pub mod postgres;
 pub mod reconcile;
+pub mod steps;
 pub mod storage;
 pub mod tenant_keys;
 pub mod verifier;

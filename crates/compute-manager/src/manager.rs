@@ -35,6 +35,7 @@ use crate::compute::{ComputeState, ComputeStatus, Decision, Failure};
 use crate::postgres::sql::{self, Activity, QUERY_TIMEOUT};
 use crate::postgres::{EndpointDir, OsUser, PgInstall, Postmaster, StartError};
 use crate::reconcile;
+use crate::steps::{Lap, WakeSteps};
 use crate::storage::{PageStoreOptions, Pagefs, PagefsStats, Storage};
 use crate::tenant_keys::{KeyOptions, KeysView, TenantKeys};
 use crate::verifier::{Verifier, generate_password};
@@ -438,6 +439,12 @@ impl Manager {
                     ] {
                         metrics::gauge!(name, "endpoint" => ep.clone()).set(value);
                     }
+                    if let Some(p) = &s.prewarm {
+                        for (state, n) in [("listed", p.listed), ("fetched", p.fetched)] {
+                            metrics::gauge!("lakebed_pagefs_prewarm_pages", "endpoint" => ep.clone(), "state" => state)
+                                .set(n as f64);
+                        }
+                    }
                 }
             }
         }
@@ -667,7 +674,8 @@ impl Manager {
         // The endpoint may have been deleted while this call waited for the lock.
         let endpoint = self.inner.catalog.endpoint(name)?;
         slot.publish(ComputeState::Starting, None, None);
-        match self.boot(&endpoint, slot).await {
+        let mut steps = WakeSteps::default();
+        match self.boot(&endpoint, slot, &mut steps).await {
             Ok(run) => {
                 let cold_start = requested.elapsed();
                 metrics::counter!("lakebed_wake_requests_total", "outcome" => "cold").increment(1);
@@ -675,11 +683,11 @@ impl Manager {
                     .record(cold_start.as_secs_f64());
                 self.inner
                     .catalog
-                    .record_boot(name, requested_at, Some(cold_start), None)?;
+                    .record_boot(name, requested_at, Ok((cold_start, &steps)))?;
                 slot.publish(ComputeState::Active, Some(&run.postmaster), None);
                 tracing::info!(endpoint = %name, pid = run.postmaster.pid(),
                     address = %run.postmaster.address(), cold_start_ms = cold_start.as_millis() as u64,
-                    "compute active");
+                    steps = %steps.summary(), "compute active");
                 let outcome = WakeOutcome {
                     address: run.postmaster.address(),
                     pid: run.postmaster.pid(),
@@ -703,7 +711,7 @@ impl Manager {
                 let _ = self
                     .inner
                     .catalog
-                    .record_boot(name, requested_at, None, Some(&reason));
+                    .record_boot(name, requested_at, Err(&reason));
                 slot.publish(
                     ComputeState::Failed,
                     None,
@@ -718,11 +726,17 @@ impl Manager {
     ///
     /// Each boot step runs in a span named after it (`timeline`, `mount`, or `initdb` for a
     /// local PGDATA, then `postgres_start`, `apply_roles`), children of the API's `wake` span: a new step gets its span with one
-    /// `.instrument(info_span!("step"))` on its future.
-    async fn boot(&self, endpoint: &EndpointRecord, slot: &Slot) -> Result<Running, ManagerError> {
+    /// `.instrument(info_span!("step"))` on its future. `steps` gets each step's time.
+    async fn boot(
+        &self,
+        endpoint: &EndpointRecord,
+        slot: &Slot,
+        steps: &mut WakeSteps,
+    ) -> Result<Running, ManagerError> {
         let inner = &self.inner;
         let dir = EndpointDir::new(&inner.opts.data_dir, &endpoint.name);
         dir.create()?;
+        let mut lap = Lap::start();
         let mut pagefs = match &inner.storage {
             Some(storage) => {
                 let keys = match &inner.keys {
@@ -734,6 +748,7 @@ impl Manager {
                     }
                     None => None,
                 };
+                steps.key_unwrap_ms = lap.lap();
                 let lineage = storage
                     .ensure_timeline(
                         endpoint.name.as_str(),
@@ -745,18 +760,20 @@ impl Manager {
                     )
                     .instrument(info_span!("timeline"))
                     .await?;
-                Some(
-                    storage
-                        .mount_endpoint(
-                            endpoint.name.as_str(),
-                            &lineage,
-                            &dir,
-                            &inner.user,
-                            keys.as_ref(),
-                        )
-                        .instrument(info_span!("mount"))
-                        .await?,
-                )
+                steps.timeline_ms = lap.lap();
+                let fs = storage
+                    .mount_endpoint(
+                        endpoint.name.as_str(),
+                        &lineage,
+                        &dir,
+                        &inner.user,
+                        keys.as_ref(),
+                    )
+                    .instrument(info_span!("mount"))
+                    .await?;
+                steps.mount_ms = lap.lap();
+                steps.pagefs = fs.steps;
+                Some(fs)
             }
             None => {
                 if !dir.is_initialized() {
@@ -767,7 +784,7 @@ impl Manager {
                 None
             }
         };
-        let result = self.start_postgres(endpoint, slot, &dir).await;
+        let result = self.start_postgres(endpoint, slot, &dir, steps).await;
         if result.is_err()
             && let Some(fs) = &mut pagefs
         {
@@ -785,17 +802,31 @@ impl Manager {
         endpoint: &EndpointRecord,
         slot: &Slot,
         dir: &EndpointDir,
+        steps: &mut WakeSteps,
     ) -> Result<Running, ManagerError> {
         let inner = &self.inner;
+        let mut lap = Lap::start();
         let tls = inner.opts.compute_tls.as_ref();
-        dir.write_access_rules(&inner.user, &inner.manager_os_user, tls.is_some())?;
         let grace = inner.opts.compute.stop_timeout.get();
         let mut tried = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = self.pick_port(&tried)?;
             tried.push(port);
-            dir.fresh_private_dir(&dir.run_dir(), &inner.user)?;
-            dir.install_tls(tls, &inner.user)?;
+            // Off the async workers: PGDATA may be a pagefs mount, where a read can wait
+            // for a page from a page store that this very process serves.
+            let (dir_, user, os_user, tls_) = (
+                dir.clone(),
+                inner.user.clone(),
+                inner.manager_os_user.clone(),
+                tls.cloned(),
+            );
+            tokio::task::spawn_blocking(move || {
+                dir_.write_access_rules(&user, &os_user, tls_.is_some())?;
+                dir_.fresh_private_dir(&dir_.run_dir(), &user)?;
+                dir_.install_tls(tls_.as_ref(), &user)
+            })
+            .await
+            .map_err(|e| ManagerError::io(dir.pgdata())(std::io::Error::other(e)))??;
             let cluster = format!("lakebed/{}", endpoint.name);
             let mut pm = Postmaster::spawn(
                 &inner.install,
@@ -812,26 +843,30 @@ impl Manager {
                 .instrument(info_span!("postgres_start", port))
                 .await
             {
-                Ok(client) => match self
-                    .prepare(&client, endpoint)
-                    .instrument(info_span!("apply_roles"))
-                    .await
-                {
-                    Ok(()) => {
-                        return Ok(Running {
-                            postmaster: pm,
-                            pagefs: None,
-                            client: Some(client),
-                            last_activity: Instant::now(),
-                        });
+                Ok(client) => {
+                    steps.postgres_start_ms = lap.lap();
+                    let prepared = self
+                        .prepare(&client, endpoint)
+                        .instrument(info_span!("apply_roles"))
+                        .await;
+                    match prepared {
+                        Ok(()) => {
+                            steps.roles_ms = lap.lap();
+                            return Ok(Running {
+                                postmaster: pm,
+                                pagefs: None,
+                                client: Some(client),
+                                last_activity: Instant::now(),
+                            });
+                        }
+                        Err(e) => {
+                            drop(client);
+                            pm.stop(grace).await;
+                            let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
+                            return Err(e);
+                        }
                     }
-                    Err(e) => {
-                        drop(client);
-                        pm.stop(grace).await;
-                        let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
-                        return Err(e);
-                    }
-                },
+                }
                 Err(StartError::PortTaken) => {
                     pm.stop(grace).await;
                     tracing::info!(endpoint = %endpoint.name, port, "port taken while starting; trying another");
@@ -852,7 +887,9 @@ impl Manager {
         })
     }
 
-    /// Per-boot setup over the system connection: group role, grants, catalog roles.
+    /// Per-boot setup over the system connection: group role, grants, catalog roles. Runs
+    /// only when a read finds the compute not in that state already: the setup writes the
+    /// catalogs, and a write makes the boot wait for a commit on the page store.
     async fn prepare(
         &self,
         client: &Client,
@@ -862,8 +899,11 @@ impl Manager {
             endpoint: endpoint.name.to_string(),
             source,
         };
-        sql::bootstrap(client).await.map_err(sql_err)?;
         let roles = self.inner.catalog.roles(&endpoint.name)?;
+        if sql::roles_in_place(client, &roles).await.map_err(sql_err)? {
+            return Ok(());
+        }
+        sql::bootstrap(client).await.map_err(sql_err)?;
         sql::sync_roles(client, &roles).await.map_err(sql_err)
     }
 

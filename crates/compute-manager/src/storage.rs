@@ -30,6 +30,7 @@ use tokio::time::timeout;
 
 use crate::ManagerError;
 use crate::postgres::{EndpointDir, OsUser, PgInstall, remove_dir_if_exists};
+use crate::steps::PagefsSteps;
 use crate::tenant_keys::UnwrappedKeys;
 use zeroize::Zeroizing;
 
@@ -50,6 +51,8 @@ pub struct PageStoreOptions {
     pub cache_mib: u64,
     /// How long pagefs waits for an unreachable page store before EIO.
     pub io_timeout: Duration,
+    /// Whether pagefs prewarms its cache at mount (`compute.prewarm`).
+    pub prewarm: bool,
 }
 
 /// The manager's handle on the page store.
@@ -99,6 +102,23 @@ pub struct PagefsStats {
     /// The re-seal of older pages after a rekey, while one runs or once it ran.
     #[serde(default)]
     pub reseal: Option<ResealStatus>,
+    /// The prewarm of this boot's cache, once it started (`compute.prewarm`).
+    #[serde(default)]
+    pub prewarm: Option<PrewarmStatus>,
+}
+
+/// Progress of the prewarm at wake: the pages the previous compute read, fetched back into
+/// the cache in the background.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PrewarmStatus {
+    /// Pages on the previous compute's list.
+    pub listed: u64,
+    /// Pages fetched into the cache so far.
+    pub fetched: u64,
+    /// Pages left out: gone (a dropped table), past the end of their file, or already local.
+    pub skipped: u64,
+    /// Whether the prewarm finished.
+    pub done: bool,
 }
 
 /// Progress of a re-seal under the newest DEK version (after `lakebed keys rekey`).
@@ -148,6 +168,8 @@ impl PagefsStats {
 pub(crate) struct Pagefs {
     /// Its latest report.
     pub(crate) stats: std::sync::Arc<std::sync::Mutex<PagefsStats>>,
+    /// Its account of the mount, if its `ready` line had one.
+    pub(crate) steps: Option<PagefsSteps>,
     /// Whether a finished re-seal was already handed out by [`Pagefs::finished_reseal`].
     reseal_seen: bool,
     child: Child,
@@ -396,6 +418,9 @@ impl Storage {
         if keys_input.is_some() {
             cmd.arg("--keys-from-stdin");
         }
+        if !self.opts.prewarm {
+            cmd.arg("--no-prewarm");
+        }
         // Nothing of the manager's environment but PATH and the OpenTelemetry settings, plus
         // the current span's trace context, so pagefs's mount is a step of this wake's trace.
         cmd.env_clear()
@@ -435,13 +460,11 @@ impl Storage {
             lines.next_line(),
         )
         .await;
-        let generation = match ready {
-            Ok(Ok(Some(line))) => line
-                .strip_prefix("ready ")
-                .and_then(|g| g.trim().parse::<u32>().ok()),
+        let ready = match ready {
+            Ok(Ok(Some(line))) => parse_ready(&line),
             _ => None,
         };
-        let Some(generation) = generation else {
+        let Some((generation, steps)) = ready else {
             let _ = child.start_kill();
             let _ = child.wait().await;
             detach(mountpoint);
@@ -475,12 +498,21 @@ impl Storage {
         tracing::info!(endpoint, %timeline, generation, "pagefs mounted");
         Ok(Pagefs {
             stats,
+            steps,
             reseal_seen: false,
             child,
             mountpoint: mountpoint.to_owned(),
             local_dir: local_dir.to_owned(),
         })
     }
+}
+
+/// Parses pagefs's `ready GENERATION {STEPS}` line (the steps are optional).
+fn parse_ready(line: &str) -> Option<(u32, Option<PagefsSteps>)> {
+    let rest = line.strip_prefix("ready ")?;
+    let (generation, steps) = rest.split_once(' ').unwrap_or((rest, ""));
+    let generation = generation.trim().parse().ok()?;
+    Some((generation, serde_json::from_str(steps.trim()).ok()))
 }
 
 /// FNV-1a, 64 bits: a stable short name for a tenant's template timeline.
@@ -590,4 +622,29 @@ fn private_file(path: &Path) -> Result<std::fs::File, ManagerError> {
         .mode(0o600)
         .open(path)
         .map_err(ManagerError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_ready_line_gives_the_generation_and_the_mount_steps() {
+        assert_eq!(
+            parse_ready(r#"ready 7 {"acquire_ms":3,"load_ms":12,"fuse_ms":1}"#),
+            Some((
+                7,
+                Some(PagefsSteps {
+                    acquire_ms: 3,
+                    load_ms: 12,
+                    fuse_ms: 1
+                })
+            ))
+        );
+        assert_eq!(parse_ready("ready 7"), Some((7, None)));
+        assert_eq!(parse_ready("ready x {}"), None);
+        assert_eq!(parse_ready("stats {}"), None);
+    }
 }

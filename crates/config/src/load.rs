@@ -126,6 +126,7 @@ impl std::error::Error for ConfigError {}
 /// port_range = "20000-20100"
 /// start_timeout = "60s"
 /// stop_timeout = "30s"
+/// prewarm = true
 ///
 /// [pageserver]
 /// listen = "127.0.0.1:6434"
@@ -233,6 +234,11 @@ pub struct ComputeConfig {
     /// they fail with EIO (Postgres then reports an error). Default `60s`; must be more
     /// than zero.
     pub io_timeout: HumanDuration,
+    /// Whether a compute fetches the pages its endpoint's previous compute read back into
+    /// its local cache at wake, in the background, so the first queries after a wake run
+    /// at warm speed (the list of pages, no data, is written at suspend, sealed under the
+    /// tenant's DEK). Default `true`.
+    pub prewarm: bool,
 }
 
 impl Default for ComputeConfig {
@@ -247,6 +253,7 @@ impl Default for ComputeConfig {
             pageserver_url: None,
             cache_mib: 1024,
             io_timeout: HumanDuration(Duration::from_secs(60)),
+            prewarm: true,
         }
     }
 }

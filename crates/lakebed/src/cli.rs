@@ -135,6 +135,9 @@ pub struct PagefsArgs {
     /// environment) and seal everything sent to the page store under them.
     #[arg(long)]
     pub keys_from_stdin: bool,
+    /// Do not fetch the pages the previous compute read at mount (compute.prewarm = false).
+    #[arg(long)]
+    pub no_prewarm: bool,
 }
 
 /// `lakebed tenant ...`

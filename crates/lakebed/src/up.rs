@@ -91,6 +91,7 @@ async fn serve(config: Config) -> Result<()> {
         pagefs_bin: std::env::current_exe().context("finding the lakebed binary for pagefs")?,
         cache_mib: config.compute.cache_mib,
         io_timeout: config.compute.io_timeout.get(),
+        prewarm: config.compute.prewarm,
     });
     let manager = Manager::open(manager_opts).await?;
     let data_dir = manager.data_dir().to_path_buf();

@@ -790,7 +790,7 @@ impl PagefsProcess {
         let Some(generation) = ready
             .as_deref()
             .and_then(|l| l.strip_prefix("ready "))
-            .and_then(|g| g.trim().parse().ok())
+            .and_then(|g| g.split_whitespace().next()?.parse().ok())
         else {
             let _ = child.wait().await;
             return Err(std::fs::read_to_string(&log).unwrap_or_default());

@@ -380,3 +380,91 @@ async fn postgres_failing_to_start_reports_its_log_tail_and_recovers_once_fixed(
 
     manager.shutdown().await;
 }
+
+/// The system role's connection to `ep`'s running compute (peer login over its socket).
+async fn system_client(
+    manager: &Manager,
+    dir: &DataDir,
+    ep: &EndpointName,
+) -> tokio_postgres::Client {
+    let port = manager.status(ep).address.expect("active").port();
+    let run_dir = lakebed_compute_manager::postgres::EndpointDir::new(dir.path(), ep).run_dir();
+    let (client, conn) = tokio_postgres::Config::new()
+        .host_path(run_dir)
+        .port(port)
+        .user(lakebed_compute_manager::postgres::SYSTEM_ROLE)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("the system role over the socket");
+    tokio::spawn(conn);
+    client
+}
+
+/// This boot's Postgres log (the compute logs DDL from the first boot on).
+fn boot_log(dir: &DataDir, ep: &EndpointName) -> String {
+    let path = lakebed_compute_manager::postgres::EndpointDir::new(dir.path(), ep).log_file();
+    std::fs::read_to_string(path).expect("postgres log")
+}
+
+/// Roles are applied at a boot only when the compute is not already as they say (the setup
+/// writes catalogs, and each write costs the boot a commit): a boot with the same roles runs
+/// no DDL; a password changed while suspended is applied at the next boot; so is a role
+/// changed on the compute behind the catalog's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_are_applied_at_a_boot_only_when_they_changed() {
+    let dir = DataDir::new();
+    let manager = open_manager(&dir, |_| {}).await;
+    let ep = create_endpoint(&manager, "main", policy("5m", &[]));
+    let password = create_role(&manager, &ep, "app").await;
+    let ddl = |log: &str| log.contains("statement: ALTER ROLE") || log.contains("statement: GRANT");
+
+    manager.wake(&ep).await.expect("wake");
+    system_client(&manager, &dir, &ep)
+        .await
+        .batch_execute("ALTER SYSTEM SET log_statement = 'ddl'")
+        .await
+        .expect("log DDL from the next boot on");
+    manager.suspend(&ep).await.expect("suspend");
+    let woken = manager.wake(&ep).await.expect("wake with the same roles");
+    let log = boot_log(&dir, &ep);
+    assert!(!ddl(&log), "a boot with the same roles ran DDL:\n{log}");
+    connect(woken.address, "app", &password)
+        .await
+        .expect("the role logs in");
+
+    manager.suspend(&ep).await.expect("suspend");
+    let role: RoleName = "app".parse().expect("role name");
+    let new_password = manager
+        .set_role_password(&ep, &role, None)
+        .await
+        .expect("new password")
+        .expect("a generated password");
+    let woken = manager.wake(&ep).await.expect("wake with a changed role");
+    assert!(
+        ddl(&boot_log(&dir, &ep)),
+        "the new password was not applied"
+    );
+    connect(woken.address, "app", &new_password)
+        .await
+        .expect("the new password logs in");
+
+    // Changed on the compute, not in the catalog: repaired at the next boot.
+    system_client(&manager, &dir, &ep)
+        .await
+        .batch_execute("ALTER ROLE app NOLOGIN")
+        .await
+        .expect("drift");
+    manager.suspend(&ep).await.expect("suspend");
+    let woken = manager.wake(&ep).await.expect("wake");
+    connect(woken.address, "app", &new_password)
+        .await
+        .expect("the role logs in again");
+    let boots = manager.show(&ep).expect("show").recent_boots;
+    let steps = boots[0]
+        .steps
+        .as_ref()
+        .expect("a boot's steps are recorded");
+    assert!(steps.pagefs.is_none(), "a local PGDATA has no pagefs steps");
+    manager.shutdown().await;
+}

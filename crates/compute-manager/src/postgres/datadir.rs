@@ -215,7 +215,12 @@ impl EndpointDir {
              lakebed    {manager_os_user}  {SYSTEM_ROLE}\n"
         );
         for (name, text) in [("pg_hba.conf", hba), ("pg_ident.conf", ident)] {
-            write_private(&pgdata.join(name), text.as_bytes(), user)?;
+            let path = pgdata.join(name);
+            // Unchanged since the last boot (the common case): not rewritten, since on the
+            // page store a rewrite is a truncate and a write to flush before Postgres starts.
+            if !is_private_with(&path, text.as_bytes(), user) {
+                write_private(&path, text.as_bytes(), user)?;
+            }
         }
         Ok(())
     }
@@ -268,6 +273,21 @@ pub(crate) async fn initdb(
 }
 
 /// Writes `bytes` to `path` (created 0600, never readable by others), then gives it to `user`.
+/// Whether `path` holds exactly `bytes`, with mode 0600, owned by `user`: as
+/// [`write_private`] would leave it.
+fn is_private_with(path: &Path, bytes: &[u8], user: &OsUser) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.is_file()
+        && meta.mode() & 0o7777 == 0o600
+        && meta.uid() == user.uid.as_raw()
+        && meta.gid() == user.gid.as_raw()
+        && meta.len() == bytes.len() as u64
+        && std::fs::read(path).is_ok_and(|b| b == bytes)
+}
+
 fn write_private(path: &Path, bytes: &[u8], user: &OsUser) -> Result<(), ManagerError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -300,4 +320,45 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), ManagerError> {
 pub(crate) fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// (inode, mtime in ns) of `path`: changes when the file is written.
+    fn written(path: &Path) -> (u64, i64) {
+        let m = std::fs::metadata(path).unwrap();
+        (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec())
+    }
+
+    #[test]
+    fn access_rules_are_rewritten_only_when_they_differ() {
+        let root = tempfile::tempdir().unwrap();
+        let user = OsUser::for_computes("postgres").unwrap();
+        let dir = EndpointDir::new(root.path(), &"main".parse().unwrap());
+        std::fs::create_dir_all(dir.pgdata()).unwrap();
+        let hba = dir.pgdata().join("pg_hba.conf");
+        dir.write_access_rules(&user, "root", true).unwrap();
+        let first = written(&hba);
+        dir.write_access_rules(&user, "root", true).unwrap();
+        assert_eq!(written(&hba), first, "unchanged rules are left as they are");
+
+        // Edited, or other rules: written again.
+        std::fs::write(&hba, "host all all 0.0.0.0/0 trust\n").unwrap();
+        dir.write_access_rules(&user, "root", true).unwrap();
+        assert!(
+            std::fs::read_to_string(&hba)
+                .unwrap()
+                .contains("clientcert=verify-ca")
+        );
+        dir.write_access_rules(&user, "root", false).unwrap();
+        let text = std::fs::read_to_string(&hba).unwrap();
+        assert!(!text.contains("hostssl"), "{text}");
+        assert_eq!(std::fs::metadata(&hba).unwrap().mode() & 0o777, 0o600);
+    }
 }

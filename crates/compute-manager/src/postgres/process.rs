@@ -31,6 +31,19 @@ use super::{EndpointDir, OsUser, PgInstall, SYSTEM_ROLE};
 /// endpoint with 53300. Each slot costs a few kilobytes of shared memory.
 const MAX_CONNECTIONS: u32 = 128;
 
+/// How often [`Postmaster::wait_ready`] reads `postmaster.pid`.
+const READY_POLL: Duration = Duration::from_millis(2);
+
+/// How often [`Postmaster::wait_ready`] tries to connect whatever `postmaster.pid` says.
+const CONNECT_POLL: Duration = Duration::from_millis(100);
+
+/// Whether `postmaster.pid` in `pgdata` says the postmaster accepts connections: its 8th
+/// line (`LOCK_FILE_LINE_PM_STATUS`, PostgreSQL's `miscadmin.h`) reads `ready`.
+fn pm_status_ready(pgdata: &Path) -> bool {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .is_ok_and(|text| text.lines().nth(7).map(str::trim) == Some("ready"))
+}
+
 /// Why a postmaster did not come up.
 #[derive(Debug)]
 pub enum StartError {
@@ -163,7 +176,12 @@ impl Postmaster {
     }
 
     /// Waits until the postmaster accepts connections from the system role, and returns that
-    /// connection. Polls with a short backoff; returns early if the process exits.
+    /// connection. Returns early if the process exits.
+    ///
+    /// Readiness is read from `postmaster.pid`, whose status line Postgres sets to `ready`
+    /// once it accepts connections (as `pg_ctl start` waits for it): cheap to poll every
+    /// [`READY_POLL`], where each refused connection attempt would cost a forked backend.
+    /// A connection is tried when it says `ready`, and every [`CONNECT_POLL`] regardless.
     ///
     /// # Errors
     ///
@@ -174,7 +192,7 @@ impl Postmaster {
         deadline: Duration,
     ) -> Result<tokio_postgres::Client, StartError> {
         let give_up = Instant::now() + deadline;
-        let mut backoff = Duration::from_millis(10);
+        let mut last_try: Option<Instant> = None;
         loop {
             if let Some(status) = self.try_exited() {
                 let log_tail = self.log_tail();
@@ -188,21 +206,26 @@ impl Postmaster {
                     log_tail,
                 });
             }
-            match self.connect_system().await {
-                Ok(client) => return Ok(client),
-                Err(e) if Instant::now() >= give_up => {
-                    return Err(StartError::Failed {
-                        reason: format!(
-                            "postgres did not accept connections within {deadline:?} (last error: {e})"
-                        ),
-                        log_tail: self.log_tail(),
-                    });
+            let due = last_try.is_none_or(|t| t.elapsed() >= CONNECT_POLL)
+                || Instant::now() >= give_up
+                || pm_status_ready(&self.pgdata);
+            if due {
+                last_try = Some(Instant::now());
+                match self.connect_system().await {
+                    Ok(client) => return Ok(client),
+                    Err(e) if Instant::now() >= give_up => {
+                        return Err(StartError::Failed {
+                            reason: format!(
+                                "postgres did not accept connections within {deadline:?} (last error: {e})"
+                            ),
+                            log_tail: self.log_tail(),
+                        });
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => {}
             }
-            // Wait for the next try, but wake at once if the process exits meanwhile.
-            let _ = timeout(backoff, self.child.wait()).await;
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+            // Wait for the next look, but wake at once if the process exits meanwhile.
+            let _ = timeout(READY_POLL, self.child.wait()).await;
         }
     }
 

@@ -30,14 +30,15 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// Idempotent setup run at every boot: the users' group role and its grants, and the
-/// removal of every way out of the database that a non-superuser could have been given.
+/// Idempotent setup, run at a boot that finds the compute not as it leaves it
+/// ([`roles_in_place`]): the users' group role and its grants, and the removal of every way
+/// out of the database that a non-superuser could have been given.
 ///
 /// Computes of all tenants run as one OS user, so a role that can run programs or read and
 /// write server files (`pg_execute_server_program`, `pg_read_server_files`,
 /// `pg_write_server_files`; PostgreSQL docs §22.5) could read every other compute's data
 /// directory. In PostgreSQL 15 `CREATEROLE` can grant those roles, so no catalog role has
-/// it, and at every boot any non-superuser loses `CREATEROLE` and membership in them.
+/// it, and here any non-superuser loses `CREATEROLE` and membership in them.
 pub async fn bootstrap(client: &Client) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
@@ -116,6 +117,70 @@ pub async fn sync_roles(
         }
     }
     Ok(())
+}
+
+/// Whether the compute already is as [`bootstrap`] and [`sync_roles`] would leave it for
+/// `roles`: the users' group role with its grants, no non-superuser with `CREATEROLE` or a
+/// server-file role, and exactly the catalog's roles managed, each with its verifier, login,
+/// `CREATEDB`, the managed mark and membership in the group. One read-only query: a boot
+/// that finds everything in place writes nothing (a write costs it a commit on the page
+/// store), and one that finds anything off (the catalog changed while the compute slept,
+/// or a role changed its own password) runs the setup.
+pub async fn roles_in_place(
+    client: &Client,
+    roles: &[RoleRecord],
+) -> Result<bool, tokio_postgres::Error> {
+    let sweep_clean: bool = client
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = '{USERS_ROLE}')
+                   AND has_schema_privilege('{USERS_ROLE}', 'public', 'CREATE')
+                   AND has_schema_privilege('{USERS_ROLE}', 'public', 'USAGE')
+                   AND has_database_privilege('{USERS_ROLE}', 'postgres', 'CREATE')
+                   AND NOT EXISTS (SELECT FROM pg_roles WHERE rolcreaterole AND NOT rolsuper)
+                   AND NOT EXISTS (
+                     SELECT FROM pg_auth_members m
+                     JOIN pg_roles g ON g.oid = m.roleid
+                     JOIN pg_roles u ON u.oid = m.member
+                     WHERE g.rolname IN ('pg_execute_server_program',
+                                         'pg_read_server_files', 'pg_write_server_files')
+                       AND NOT u.rolsuper)"
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    if !sweep_clean {
+        return Ok(false);
+    }
+    // Every managed role (and every catalog role, managed or not) as the compute has it.
+    let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT a.rolname::text, a.rolpassword, a.rolcanlogin AND a.rolcreatedb
+                        AND NOT a.rolcreaterole AND NOT a.rolsuper
+                        AND pg_has_role(a.oid, '{USERS_ROLE}', 'MEMBER'),
+                        d.description IS NOT DISTINCT FROM $1
+                 FROM pg_authid a
+                 LEFT JOIN pg_shdescription d
+                   ON d.objoid = a.oid AND d.classoid = 'pg_authid'::regclass
+                 WHERE a.rolname = ANY($2) OR d.description = $1"
+            ),
+            &[&MANAGED_MARK, &names],
+        )
+        .await?;
+    let in_place = rows.len() == roles.len()
+        && rows.iter().all(|row| {
+            let (name, verifier): (String, Option<String>) = (row.get(0), row.get(1));
+            let (attributes, marked): (bool, bool) = (row.get(2), row.get(3));
+            attributes
+                && marked
+                && roles.iter().any(|r| {
+                    r.name.as_str() == name && verifier.as_deref() == Some(r.verifier.as_str())
+                })
+        });
+    Ok(in_place)
 }
 
 /// What `pg_stat_activity` shows on a compute, less the manager's own connection.

@@ -1,6 +1,7 @@
 //! `lakebed endpoint ...`
 
 use anyhow::Result;
+use lakebed_compute_manager::steps::WakeSteps;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -160,6 +161,25 @@ fn show(ep: &Value) {
     row("policy", describe_policy(&ep["policy"]));
     row("pool mode", ep["pool_mode"].as_str().unwrap_or("?").into());
     row("last cold start", ms(&ep["last_cold_start_ms"]));
+    if let Some(steps) = ep["recent_boots"]
+        .as_array()
+        .and_then(|boots| boots.iter().find_map(|b| b.get("steps")))
+        .and_then(|s| serde_json::from_value::<WakeSteps>(s.clone()).ok())
+    {
+        row("  steps", steps.summary());
+    }
+    if let Some(p) = ep["pagefs"]["prewarm"].as_object() {
+        row(
+            "prewarm",
+            format!(
+                "{} of {} pages fetched, {} skipped ({})",
+                p["fetched"],
+                p["listed"],
+                p["skipped"],
+                if p["done"] == true { "done" } else { "running" }
+            ),
+        );
+    }
     row("boots", ep["boots"].to_string());
     if let Some(last) = c["autosuspend"]["last"].as_object() {
         row(

@@ -1,7 +1,8 @@
 //! `lakebed pagefs`: one compute's PGDATA, mounted from the page store.
 //!
 //! The compute manager starts it with the mount's parameters as arguments (none secret),
-//! waits for the line `ready GENERATION` on standard output, reads a `stats {JSON}` line
+//! waits for the line `ready GENERATION {STEPS}` on standard output (the steps of the mount,
+//! as JSON: `MountSteps`), reads a `stats {JSON}` line
 //! every second after it (cache and page store counters) and `reseal {JSON}` lines while
 //! pages are re-sealed after a rekey, and stops it with SIGTERM (or by unmounting). Logs go to standard error. The process is made non-dumpable first: it
 //! holds the per-boot key and plaintext pages.
@@ -68,6 +69,7 @@ async fn serve(args: PagefsArgs) -> Result<()> {
         cache_bytes: args.cache_mib.saturating_mul(1 << 20),
         options: Options::new(args.uid, args.gid),
         keys,
+        prewarm: !args.no_prewarm,
     };
     pagefs::serve(
         client,
@@ -76,7 +78,9 @@ async fn serve(args: PagefsArgs) -> Result<()> {
         |report| {
             use std::io::Write;
             let line = match report {
-                Report::Ready(generation) => format!("ready {generation}"),
+                Report::Ready(generation, steps) => {
+                    format!("ready {generation} {}", steps.to_json())
+                }
                 Report::Stats(json) => format!("stats {json}"),
                 Report::Reseal(json) => format!("reseal {json}"),
             };

@@ -64,6 +64,11 @@ pub enum ValueKind {
         /// The name's HMAC (as in the key).
         name_mac: [u8; 16],
     },
+    /// The re-seal mark (`layout::RESEAL_MARK`): sealed so that the page store cannot
+    /// forge one and make a compute skip a re-seal.
+    ResealMark,
+    /// The heat list (`layout::HEAT`): which pages were read, no contents.
+    Heat,
 }
 
 /// Why a sealed value did not open.
@@ -168,6 +173,12 @@ impl DataKeys {
         self.current
     }
 
+    /// The oldest version this mount holds: when it is the current one, no value can be
+    /// sealed under an older version.
+    pub fn oldest_version(&self) -> u32 {
+        self.keys.keys().next().copied().unwrap_or(self.current)
+    }
+
     /// The 16-byte HMAC of a directory entry name, for its key.
     pub fn name_mac(&self, name: &[u8]) -> [u8; 16] {
         let tag = hmac::sign(&self.names, name);
@@ -194,6 +205,8 @@ impl DataKeys {
                 a.extend_from_slice(&parent.to_be_bytes());
                 a.extend_from_slice(&name_mac);
             }
+            ValueKind::ResealMark => a.push(b's'),
+            ValueKind::Heat => a.push(b'h'),
         }
         for s in [self.tenant.as_str(), writer] {
             a.extend_from_slice(&(s.len() as u32).to_be_bytes());
@@ -208,7 +221,7 @@ impl DataKeys {
     pub fn seal(&self, kind: ValueKind, plain: &[u8]) -> Bytes {
         let mut nonce = [0u8; NONCE_LEN];
         // The system's CSPRNG failing is not survivable for a process that seals data.
-        if aws_lc_rs::rand::fill(&mut nonce).is_err() {
+        if getrandom::fill(&mut nonce).is_err() {
             std::process::abort();
         }
         let version = self.current;

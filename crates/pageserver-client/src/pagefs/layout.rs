@@ -34,6 +34,15 @@ const INODE: u8 = b'i';
 const DIRENT: u8 = b'd';
 const PAGE: u8 = b'p';
 
+/// The key of the re-seal mark: the newest DEK version every value of the timeline (and of
+/// its ancestors, up to its branch point) is sealed under, written once a re-seal went
+/// through the whole timeline (see `fs::reseal`). Outside the inode, entry and page ranges.
+pub const RESEAL_MARK: &[u8] = b"s";
+
+/// The key of the heat list: the pages the last compute read, in the order it first read
+/// them, for the next one to prewarm (see `fs::prewarm`). Outside the other ranges.
+pub const HEAT: &[u8] = b"h";
+
 /// The key of inode `ino`'s record.
 pub fn inode_key(ino: u64) -> Bytes {
     let mut k = BytesMut::with_capacity(9);

@@ -39,12 +39,39 @@ pub use fs::{Options, PageFs};
 /// What a mount tells the process that runs it.
 #[derive(Debug, Clone)]
 pub enum Report {
-    /// Mounted, with this generation.
-    Ready(Generation),
+    /// Mounted, with this generation, in these steps.
+    Ready(Generation, MountSteps),
     /// Counters ([`PageFs::stats_json`]), once a second and at the end.
     Stats(String),
     /// Progress of a re-seal after a rekey: `{"scanned":N,"resealed":N,"done":BOOL}`.
     Reseal(String),
+}
+
+/// Where the time of a mount went, in milliseconds, for the cold start's account of
+/// itself: acquiring the generation, then the namespace load (with the local cache and
+/// per-boot key made first), then the FUSE mount itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountSteps {
+    /// The `Acquire` call to the page store.
+    pub acquire_ms: u64,
+    /// Per-boot key, local cache and scratch directory, and the namespace load.
+    pub load_ms: u64,
+    /// The FUSE mount until it is live.
+    pub fuse_ms: u64,
+}
+
+impl MountSteps {
+    /// As JSON: `{"acquire_ms":N,"load_ms":N,"fuse_ms":N}`.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"acquire_ms\":{},\"load_ms\":{},\"fuse_ms\":{}}}",
+            self.acquire_ms, self.load_ms, self.fuse_ms
+        )
+    }
+}
+
+fn millis(since: std::time::Instant) -> u64 {
+    since.elapsed().as_millis() as u64
 }
 
 /// Default size of the local cache: 1 GiB.
@@ -69,6 +96,10 @@ pub struct MountSpec {
     pub options: Options,
     /// The tenant's DEKs, to seal everything sent to the page store; `None`: sent plain.
     pub keys: Option<data_key::DataKeys>,
+    /// Whether to fetch the pages the previous compute read into the cache at mount, in
+    /// the background (see `fs::prewarm`). The list of this boot's reads is written at
+    /// unmount either way.
+    pub prewarm: bool,
 }
 
 /// Why a mount failed or ended badly.
@@ -131,13 +162,27 @@ pub async fn serve(
     report: impl Fn(Report) + Send + Sync + 'static,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), MountError> {
+    let started = std::time::Instant::now();
     let generation = client
         .acquire(&spec.timeline)
         .instrument(mount_span.clone())
         .await?;
+    let steps = MountSteps {
+        acquire_ms: millis(started),
+        ..MountSteps::default()
+    };
     fresh_dir(&spec.local_dir)?;
     let keys = spec.keys.take();
-    let result = serve_in(client, &spec, keys, generation, mount_span, report, stop).await;
+    let result = serve_in(
+        client,
+        &spec,
+        keys,
+        (generation, steps),
+        mount_span,
+        report,
+        stop,
+    )
+    .await;
     if let Err(e) = std::fs::remove_dir_all(&spec.local_dir) {
         tracing::warn!(dir = %spec.local_dir.display(), error = %e, "could not remove the local directory");
     }
@@ -149,11 +194,12 @@ async fn serve_in(
     client: PageStoreClient,
     spec: &MountSpec,
     keys: Option<data_key::DataKeys>,
-    generation: Generation,
+    (generation, mut steps): (Generation, MountSteps),
     mount_span: tracing::Span,
     report: impl Fn(Report) + Send + Sync + 'static,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), MountError> {
+    let loading = std::time::Instant::now();
     let key = Arc::new(
         seal::BootKey::generate()
             .map_err(|_| local("per-boot key")(std::io::Error::other("no randomness")))?,
@@ -187,6 +233,27 @@ async fn serve_in(
         .instrument(mount_span.clone())
         .await?,
     );
+    steps.load_ms = millis(loading);
+    let mounting = std::time::Instant::now();
+    // Started before the mount is live: the pages Postgres reads first come first.
+    let prewarmer = spec.prewarm.then(|| {
+        let fs = fs.clone();
+        tokio::spawn(async move {
+            match fs.heat_list().await {
+                Ok(list) if !list.is_empty() => {
+                    let p = fs.prewarm(list, |_| {}).await;
+                    tracing::info!(
+                        listed = p.listed,
+                        fetched = p.fetched,
+                        skipped = p.skipped,
+                        "prewarm done"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "no prewarm: the heat list could not be read"),
+            }
+        })
+    });
     let flusher = tokio::spawn(fs::flusher(fs.clone()));
     let prefetcher = tokio::spawn(fs::prefetcher(fs.clone()));
     let mut config = Config::default();
@@ -218,8 +285,9 @@ async fn serve_in(
         .map_err(local("start the FUSE threads"))?;
     tracing::info!(parent: &mount_span, mountpoint = %spec.mountpoint.display(), %generation, "mounted");
     drop(mount_span);
+    steps.fuse_ms = millis(mounting);
     let report = Arc::new(report);
-    report(Report::Ready(generation));
+    report(Report::Ready(generation, steps));
     // After a rekey: older pages are re-sealed under the newest DEK version, in the
     // background, reporting progress as `reseal` stats.
     let resealer = {
@@ -276,8 +344,16 @@ async fn serve_in(
     prefetcher.abort();
     reporter.abort();
     resealer.abort();
+    if let Some(p) = prewarmer {
+        p.abort();
+    }
     // The handler flushed at destroy; this one reports whether anything is left.
     let flushed = fs.flush().await;
+    if flushed.is_ok()
+        && let Err(e) = fs.save_heat().await
+    {
+        tracing::warn!(error = %e, "the heat list was not saved; the next mount prewarms an older one");
+    }
     let stats = fs.stats_json();
     tracing::info!(%stats, "unmounted");
     report(Report::Stats(stats));

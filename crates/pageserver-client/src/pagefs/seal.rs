@@ -88,7 +88,7 @@ impl BootKey {
     /// The system's random source failed.
     pub fn generate() -> Result<Self, aws_lc_rs::error::Unspecified> {
         let mut raw = Zeroizing::new([0u8; 32]);
-        aws_lc_rs::rand::fill(raw.as_mut())?;
+        getrandom::fill(raw.as_mut()).map_err(|_| aws_lc_rs::error::Unspecified)?;
         let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, raw.as_ref())?);
         Ok(Self {
             key,

@@ -136,6 +136,10 @@ impl PageFs {
                 ahead: advice.sync,
             }));
         }
+        if !scratch {
+            let blocks = size_now.div_ceil(BS);
+            st.heat.touch(ino, first..last.min(blocks));
+        }
         drop(st);
         if !advice.background.is_empty() {
             self.prefetch.push(ino, advice.background);
@@ -199,6 +203,9 @@ impl PageFs {
             }));
         }
         let scratch = node.scratch;
+        // A page Postgres writes back was in its buffers: hot, even if pagefs never saw it
+        // read. The WAL is written once and read at recovery only: not listed.
+        let listed = !scratch && st.wal_dir != Some(node.parent);
         let base_of = |b: u64| {
             partial
                 .iter()
@@ -230,6 +237,9 @@ impl PageFs {
                 st.put_page(ino, b, Some(page));
                 st.note_change(ino, b);
             }
+        }
+        if listed {
+            st.heat.touch(ino, first..last + 1);
         }
         let now = SystemTime::now();
         let n = st.node_mut(ino)?;

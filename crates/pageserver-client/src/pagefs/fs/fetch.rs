@@ -48,7 +48,7 @@ use crate::rpc::RpcError;
 
 /// Most blocks one fetch asks the page store for: 8 MiB, well inside the page store's
 /// limits on keys per read and entries per scan. Blocks past it are asked for again.
-const MAX_FETCH_BLOCKS: usize = 1024;
+pub(super) const MAX_FETCH_BLOCKS: usize = 1024;
 
 /// What a read or write needs before it can complete.
 #[derive(Debug, Default)]
@@ -118,7 +118,7 @@ impl State {
     }
 
     /// Registers a fetch (or a wait for one) that started at `start`.
-    fn register(&mut self, start: u64) {
+    pub(super) fn register(&mut self, start: u64) {
         *self.inflight.entry(start).or_default() += 1;
     }
 
@@ -153,12 +153,27 @@ impl State {
 
 /// Registrations taken by a fetch; ended on drop (a failed or cancelled fetch) unless
 /// handed to the [`Fetched`] it returns.
-struct Registered<'a> {
+pub(super) struct Registered<'a> {
     state: &'a Mutex<State>,
     starts: Vec<u64>,
 }
 
-impl Registered<'_> {
+impl<'a> Registered<'a> {
+    /// Registers a fetch starting now (`st` is `state`, locked), ended on drop.
+    pub(super) fn new(state: &'a Mutex<State>, st: &mut State) -> Self {
+        let start = st.change_seq;
+        st.register(start);
+        Self {
+            state,
+            starts: vec![start],
+        }
+    }
+
+    /// The change sequence number the (first) registration started at.
+    pub(super) fn start(&self) -> u64 {
+        self.starts.first().copied().unwrap_or_default()
+    }
+
     fn keep(mut self) -> Vec<u64> {
         std::mem::take(&mut self.starts)
     }
@@ -394,7 +409,7 @@ impl PageFs {
     /// Caches pages fetched from `start` on, as the page store holds them (sealed under the
     /// DEK) sealed again for the cache: those of blocks unchanged since, not dirty, and still
     /// in the file. Holes are not cached.
-    fn cache_fetched(&self, st: &State, ino: u64, start: u64, sealed: Vec<SealedPage>) {
+    pub(super) fn cache_fetched(&self, st: &State, ino: u64, start: u64, sealed: Vec<SealedPage>) {
         let Ok(node) = st.node(ino) else {
             return;
         };

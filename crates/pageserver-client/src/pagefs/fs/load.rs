@@ -15,6 +15,7 @@ use bytes::Bytes;
 use lakebed_pageserver_api::{Generation, TimelineId};
 use tokio::sync::Notify;
 
+use super::heat::Heat;
 use super::prefetch::Prefetch;
 use super::state::{Node, State};
 use super::stats::IoStats;
@@ -84,6 +85,7 @@ impl PageFs {
         }
         let mut state = State {
             next_ino: first_ino,
+            heat: Heat::new(cache.capacity()),
             ..State::default()
         };
         // An empty timeline: a root directory, to be written at the first flush.
@@ -128,6 +130,9 @@ impl PageFs {
                     c.scratch_children = true;
                 }
             }
+            if parent == ROOT_INO && name == b"pg_wal" {
+                state.wal_dir = Some(child);
+            }
             if let Some(p) = nodes.get_mut(&parent) {
                 p.children.insert(name, child);
             }
@@ -153,6 +158,7 @@ impl PageFs {
             io: IoStats::default(),
             prefetch: Prefetch::default(),
             keys: keys.map(Arc::new),
+            prewarming: Default::default(),
         })
     }
 }

@@ -47,6 +47,8 @@
 //!   readers of those blocks, and the bookkeeping that keeps a fetch from installing a page
 //!   older than a write that raced it.
 //! - `prefetch`: the background task that fetches the windows readahead queues.
+//! - `heat`: which pages this boot read, in order; `prewarm`: that list written at
+//!   unmount, and fetched back by the next mount before Postgres asks for the pages.
 //! - `flush`: the commit path and the background flusher; fencing is detected here.
 //! - `ride`: an `fsync` during another flush's write sends its changes alongside, not after.
 //! - `values`: how values look in the page store (sealed under the tenant's DEK, or plain).
@@ -59,9 +61,11 @@
 mod data;
 mod fetch;
 mod flush;
+mod heat;
 mod load;
 mod namespace;
 mod prefetch;
+mod prewarm;
 mod readahead;
 mod reseal;
 mod ride;
@@ -90,6 +94,7 @@ use stats::IoStats;
 pub use fetch::{Fetched, Need};
 pub use flush::flusher;
 pub use prefetch::prefetcher;
+pub use prewarm::PrewarmProgress;
 pub use reseal::ResealProgress;
 pub use state::{DirEntry, Node};
 pub use stats::{FETCH_BUCKETS, IoCounters};
@@ -147,6 +152,8 @@ pub struct PageFs {
     prefetch: Prefetch,
     /// The tenant's DEKs: values are sealed before they leave; `None`: sent as they are.
     keys: Option<Arc<DataKeys>>,
+    /// This mount's prewarm progress, once one started.
+    prewarming: prewarm::Prewarming,
 }
 
 impl std::fmt::Debug for PageFs {

@@ -115,6 +115,10 @@ impl PageFs {
         st.mark_inode(ino);
         st.mark_inode(parent);
         st.mark_dirent(parent, name, scratch);
+        if parent == crate::pagefs::layout::ROOT_INO && name == b"pg_wal" && kind == Kind::Directory
+        {
+            st.wal_dir = Some(ino);
+        }
         Ok((ino, node))
     }
 

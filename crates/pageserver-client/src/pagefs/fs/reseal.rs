@@ -6,8 +6,18 @@
 //! a chunk's scan to its write, so no flush lands in between, and skips keys that have
 //! unflushed changes (their flush seals them anew): so it never writes back a value older
 //! than what the timeline holds.
+//!
+//! **Only when there is something to do.** A walk reads the whole timeline and holds up
+//! the compute's flushes chunk by chunk, so it must not run at every wake. None runs when
+//! the mount holds one DEK version only (nothing can be under an older one), nor when the
+//! timeline's re-seal mark ([`layout::RESEAL_MARK`], sealed) names the current version: a
+//! finished walk flushes (so the keys it skipped as dirty are sealed anew) and then writes
+//! that mark. Values written later are sealed under the current version anyway, and a
+//! branch inherits its parent's mark with the values it describes.
 
 use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
 
 use crate::pagefs::data_key::{DataKeys, ValueKind};
 use crate::pagefs::layout;
@@ -56,6 +66,10 @@ impl PageFs {
             return Ok(progress);
         };
         let current = keys.current_version();
+        if keys.oldest_version() == current || self.marked_resealed(&keys).await? {
+            progress.done = true;
+            return Ok(progress);
+        }
         let mut start: Vec<u8> = Vec::new();
         loop {
             let (more, last) = {
@@ -119,14 +133,58 @@ impl PageFs {
                 _ => break,
             }
         }
+        // The keys skipped as dirty are sealed under the current version once flushed.
+        if let Err(e) = self.flush().await {
+            return Err(RpcError::FailedPrecondition {
+                message: format!("the flush before the re-seal mark failed ({e:?})"),
+            });
+        }
+        let mark = keys.seal(ValueKind::ResealMark, &current.to_be_bytes());
+        let mut batch = Batch::default();
+        batch.push(Bytes::from_static(layout::RESEAL_MARK), Some(mark));
+        self.store
+            .write(&self.timeline, self.generation, batch)
+            .await?;
         progress.done = true;
         report(progress);
         Ok(progress)
+    }
+
+    /// Whether the timeline's re-seal mark says every value is under the current version.
+    /// A mark that does not open is ignored (and the walk runs).
+    async fn marked_resealed(&self, keys: &DataKeys) -> Result<bool, RpcError> {
+        let read = self
+            .store
+            .read(
+                &self.timeline,
+                vec![Bytes::from_static(layout::RESEAL_MARK)],
+                None,
+            )
+            .await?;
+        let Some(Some(sealed)) = read.values.into_iter().next() else {
+            return Ok(false);
+        };
+        Ok(match keys.open(ValueKind::ResealMark, &sealed) {
+            Ok(v) => <[u8; 4]>::try_from(&v[..])
+                .is_ok_and(|v| u32::from_be_bytes(v) >= keys.current_version()),
+            Err(e) => {
+                tracing::warn!(error = %e, "the re-seal mark does not open; re-sealing");
+                false
+            }
+        })
     }
 }
 
 /// What a stored key holds, for its seal's binding, and whether it has unflushed changes.
 fn value_kind(key: &[u8], keys: &DataKeys, st: &State) -> Option<(ValueKind, bool)> {
+    // pagefs's own records: written whole at unmount (the heat list) or at the end of a
+    // walk (the mark), never dirty in between.
+    if key == layout::HEAT {
+        return Some((ValueKind::Heat, false));
+    }
+    if key == layout::RESEAL_MARK {
+        return Some((ValueKind::ResealMark, false));
+    }
     if let Some(ino) = layout::parse_inode_key(key) {
         return Some((ValueKind::Inode { ino }, st.inodes.contains_key(&ino)));
     }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use fuser::Errno;
 
 use super::fetch::Flight;
+use super::heat::Heat;
 use super::readahead::Readahead;
 use crate::pagefs::layout::{InodeRecord, Kind, ROOT_INO};
 
@@ -99,6 +100,10 @@ pub(super) struct State {
     pub(super) fetching: HashMap<(u64, u64), Arc<Flight>>,
     /// Per file: its read streams, to tell sequential reads and size readahead.
     pub(super) readahead: Readahead,
+    /// The pages read (or written back) this boot, in order, for the next boot's prewarm.
+    pub(super) heat: Heat,
+    /// The inode of `pg_wal`, whose files' writes are not listed in `heat`.
+    pub(super) wal_dir: Option<u64>,
 }
 
 /// Locks the state. A panic on another thread while it held the lock does not take every

@@ -141,7 +141,7 @@ impl PageFs {
              \"fetches\":{},\"fetched_pages\":{},\"fetch_seconds\":{:.6},\"fetch_buckets\":[{}],\
              \"background_fetches\":{},\"joined_pages\":{},\
              \"flushes\":{},\"flushed_bytes\":{},\"writes\":{},\"rides\":{},\"reorders\":{},\
-             \"dirty_bytes\":{}}}",
+             \"dirty_bytes\":{},\"prewarm\":{}}}",
             get(&c.hits),
             get(&c.misses),
             get(&c.evictions),
@@ -158,6 +158,8 @@ impl PageFs {
             io.rides,
             io.reorders,
             self.dirty_bytes(),
+            self.prewarm_progress()
+                .map_or_else(|| "null".to_owned(), |p| p.to_json()),
         )
     }
 

@@ -13,6 +13,7 @@ mod commit;
 mod dirty;
 mod fencing;
 mod fetch_race;
+mod prewarm;
 mod readahead;
 mod reseal;
 mod ride;

@@ -61,3 +61,47 @@ async fn a_reseal_does_not_undo_a_flush_that_raced_it() {
             .all(|(_, v)| DataKeys::version_of(v) == Some(2))
     );
 }
+
+/// A walk reads the whole timeline, so it runs only when a value can be under an older DEK
+/// version: not with one version, and not again once a walk under the current version
+/// finished (its mark says so), until the next rekey.
+#[tokio::test]
+async fn a_reseal_walks_the_timeline_once_per_rekey() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tl) = InProcess::new(dir.path());
+    let nothing = super::super::ResealProgress {
+        scanned: 0,
+        resealed: 0,
+        done: true,
+    };
+    let m = mount_with(&store, &tl, store.acquire(&tl), Some(keys(&tl, 1))).await;
+    let ino = create_file(&m.fs, b"f", &pattern(1, 3 * BS));
+    m.fs.flush().await.unwrap();
+    read(&m.fs, ino, 0, 10).await;
+    m.fs.save_heat().await.unwrap();
+    let walked = m.fs.reseal(|_| {}).await.unwrap();
+    assert_eq!(walked, nothing, "one DEK version");
+    drop(m);
+
+    let m = mount_with(&store, &tl, store.acquire(&tl), Some(keys(&tl, 2))).await;
+    let walked = m.fs.reseal(|_| {}).await.unwrap();
+    // Three pages, the file's record, the root's record, the entry and the heat list.
+    assert_eq!((walked.resealed, walked.done), (7, true), "{walked:?}");
+    drop(m);
+
+    let m = mount_with(&store, &tl, store.acquire(&tl), Some(keys(&tl, 2))).await;
+    assert_eq!(m.fs.reseal(|_| {}).await.unwrap(), nothing, "marked done");
+    drop(m);
+
+    // The mark names version 2: after the next rekey the walk runs again, and leaves
+    // nothing (the mark included) under an older version.
+    let m = mount_with(&store, &tl, store.acquire(&tl), Some(keys(&tl, 3))).await;
+    let walked = m.fs.reseal(|_| {}).await.unwrap();
+    assert_eq!((walked.resealed, walked.done), (8, true), "{walked:?}");
+    let (_, entries) = m.fs.store.scan_all(&tl, b"", None, None).await.unwrap();
+    assert!(
+        entries
+            .iter()
+            .all(|(_, v)| DataKeys::version_of(v) == Some(3))
+    );
+}

@@ -1,0 +1,230 @@
+//! Prewarm: the pages the previous compute read, fetched back at mount before Postgres
+//! asks for them.
+//!
+//! At unmount pagefs writes its heat list (see the `heat` module) to the timeline under
+//! [`layout::HEAT`], sealed under the tenant's DEK like any value. At the next mount,
+//! [`PageFs::prewarm`] fetches the listed pages into the local cache in the background, in
+//! list order: Postgres's own start and the first sessions' catalog reads come first, then
+//! the rest of what was hot. It starts before the mount is live, with small batches that
+//! grow, so the pages a start needs are cached by the time Postgres reads them; a read that
+//! gets ahead of it fetches its page itself, as without a prewarm.
+//!
+//! **One call per batch**, across files: a `Read` of the batch's page keys. A page is
+//! fetched only if its file still exists and reaches it (a dropped table's pages are
+//! skipped), and it is neither dirty, nor cached, nor on its way. The fetch is registered
+//! like any other (see the `fetch` module), so a page written while the batch is on its way
+//! is not cached with its old content. A prewarm stops when the cache is full: the list is
+//! hottest first, and going on would evict what it fetched.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::PageFs;
+use super::fetch::{MAX_FETCH_BLOCKS, Registered};
+use super::heat;
+use super::state::lock;
+use crate::pagefs::data_key::ValueKind;
+use crate::pagefs::layout::{self, blocks_for};
+use crate::rpc::RpcError;
+
+/// Pages in the first batch; each next batch doubles, up to [`MAX_FETCH_BLOCKS`].
+const FIRST_BATCH: usize = 64;
+
+/// Progress of a prewarm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrewarmProgress {
+    /// Pages on the list.
+    pub listed: u64,
+    /// Pages fetched into the cache.
+    pub fetched: u64,
+    /// Pages left out: gone, past the end of their file, or already local.
+    pub skipped: u64,
+    /// Whether the list was gone through (or the prewarm stopped: cache full, error).
+    pub done: bool,
+}
+
+impl PrewarmProgress {
+    /// As JSON: `{"listed":N,"fetched":N,"skipped":N,"done":BOOL}`.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"listed\":{},\"fetched\":{},\"skipped\":{},\"done\":{}}}",
+            self.listed, self.fetched, self.skipped, self.done
+        )
+    }
+}
+
+/// The latest progress, for the stats, and the list this mount started from.
+#[derive(Debug, Default)]
+pub(super) struct Prewarming {
+    progress: Mutex<Option<PrewarmProgress>>,
+    previous: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Prewarming {
+    pub(super) fn get(&self) -> Option<PrewarmProgress> {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, p: PrewarmProgress) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    fn previous(&self, list: &[(u64, u64)]) {
+        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = list.to_vec();
+    }
+}
+
+impl PageFs {
+    /// The heat list the previous compute of this timeline left, or an empty one (none
+    /// left, or one that does not open or decode, which is logged).
+    ///
+    /// # Errors
+    ///
+    /// The page store's error.
+    pub async fn heat_list(&self) -> Result<Vec<(u64, u64)>, RpcError> {
+        let list = self.read_heat_list().await?;
+        self.prewarming.previous(&list);
+        Ok(list)
+    }
+
+    async fn read_heat_list(&self) -> Result<Vec<(u64, u64)>, RpcError> {
+        let read = self
+            .store
+            .read(&self.timeline, vec![Bytes::from_static(layout::HEAT)], None)
+            .await?;
+        let Some(Some(stored)) = read.values.into_iter().next() else {
+            return Ok(Vec::new());
+        };
+        let plain = match &self.keys {
+            None => Ok(stored),
+            Some(k) => k.open(ValueKind::Heat, &stored).map_err(|e| e.to_string()),
+        };
+        match plain.map(|p| heat::decode(&p)) {
+            Ok(Some(list)) => Ok(list),
+            Ok(None) => {
+                tracing::warn!("the heat list does not decode; no prewarm");
+                Ok(Vec::new())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the heat list does not open; no prewarm");
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Fetches the pages of `list` (a heat list) into the local cache, in order, in growing
+    /// batches, reporting the progress after each to `report` and in the stats. Never
+    /// fails: a batch the page store refuses ends the prewarm (reads fetch for themselves).
+    pub async fn prewarm(
+        &self,
+        list: Vec<(u64, u64)>,
+        report: impl Fn(PrewarmProgress),
+    ) -> PrewarmProgress {
+        let mut progress = PrewarmProgress {
+            listed: list.len() as u64,
+            ..PrewarmProgress::default()
+        };
+        let mut rest = &list[..];
+        let mut size = FIRST_BATCH;
+        while !rest.is_empty() && self.cache.len() < self.cache.capacity() {
+            let (batch, tail) = rest.split_at(size.min(rest.len()));
+            rest = tail;
+            size = (size * 2).min(MAX_FETCH_BLOCKS);
+            match self.prewarm_batch(batch).await {
+                Ok(fetched) => {
+                    progress.fetched += fetched;
+                    progress.skipped += batch.len() as u64 - fetched;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "prewarm stopped; reads fetch their own pages");
+                    break;
+                }
+            }
+            self.prewarming.set(progress);
+            report(progress);
+        }
+        progress.done = true;
+        self.prewarming.set(progress);
+        report(progress);
+        progress
+    }
+
+    /// Fetches the pages of `batch` that are still wanted in one page store call, and caches
+    /// those not written meanwhile. Returns how many it fetched.
+    async fn prewarm_batch(&self, batch: &[(u64, u64)]) -> Result<u64, RpcError> {
+        let (own, registered) = {
+            let mut st = lock(&self.state);
+            let own: Vec<(u64, u64)> = batch
+                .iter()
+                .copied()
+                .filter(|&(ino, b)| {
+                    st.nodes
+                        .get(&ino)
+                        .is_some_and(|n| !n.is_dir() && !n.scratch && b < blocks_for(n.rec.size))
+                        && !st.pages.contains_key(&(ino, b))
+                        && !st.fetching.contains_key(&(ino, b))
+                        && !self.cache.contains(ino, b)
+                })
+                .collect();
+            if own.is_empty() {
+                return Ok(0);
+            }
+            let registered = Registered::new(&self.state, &mut st);
+            (own, registered)
+        };
+        let started = Instant::now();
+        let keys = own.iter().map(|&(i, b)| layout::page_key(i, b)).collect();
+        let read = self.store.read(&self.timeline, keys, None).await?;
+        self.io
+            .record_fetch(own.len() as u64, started.elapsed(), true);
+        // Sealed for the cache outside the state lock; holes are not cached.
+        let sealed: Vec<_> = own
+            .iter()
+            .zip(read.values)
+            .filter_map(|(&(ino, b), v)| Some((ino, self.cache.seal(ino, b, &v?))))
+            .collect();
+        let fetched = sealed.len() as u64;
+        let st = lock(&self.state);
+        for (ino, page) in sealed {
+            self.cache_fetched(&st, ino, registered.start(), vec![page]);
+        }
+        drop(st);
+        drop(registered);
+        Ok(fetched)
+    }
+
+    /// Writes the heat list for the next compute to the timeline: this boot's reads, then
+    /// the rest of the list it started from (see the `heat` module). Nothing when there is
+    /// nothing to list, or once fenced.
+    ///
+    /// # Errors
+    ///
+    /// The page store's error.
+    pub async fn save_heat(&self) -> Result<(), RpcError> {
+        let encoded = {
+            let previous = self
+                .prewarming
+                .previous
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            lock(&self.state).heat.encode_after(&previous)
+        };
+        if encoded.len() <= 1 || self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let value = self.seal(ValueKind::Heat, Bytes::from(encoded));
+        let mut batch = crate::pagefs::store::Batch::default();
+        batch.push(Bytes::from_static(layout::HEAT), Some(value));
+        self.store
+            .write(&self.timeline, self.generation, batch)
+            .await
+            .map(|_| ())
+    }
+
+    /// The progress of this mount's prewarm, once it started.
+    pub fn prewarm_progress(&self) -> Option<PrewarmProgress> {
+        self.prewarming.get()
+    }
+}

@@ -1,0 +1,146 @@
+//! Prewarm: the next mount fetches what the last one read, in order, and never caches a
+//! page older than a write that raced it.
+
+use super::*;
+use crate::pagefs::fs::PrewarmProgress;
+
+/// Page store calls so far (reads of keys and scans of pages).
+fn calls(store: &InProcess) -> usize {
+    store.reads() + store.page_scans()
+}
+
+#[tokio::test]
+async fn a_mount_prewarms_what_the_last_one_read_in_order_skipping_dropped_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tl) = InProcess::new(dir.path());
+    let m = mount(&store, &tl).await;
+    let a = create_file(&m.fs, b"a", &pattern(1, 4 * BS));
+    let b = create_file(&m.fs, b"b", &pattern(2, 2 * BS));
+    m.fs.flush().await.unwrap();
+    drop(m);
+
+    // A compute reads b's second block, then a's first three: that is its heat list.
+    let m = mount(&store, &tl).await;
+    read(&m.fs, b, BS as u64, BS as u32).await;
+    read(&m.fs, a, 0, 3 * BS as u32).await;
+    read(&m.fs, b, BS as u64, 10).await;
+    m.fs.save_heat().await.unwrap();
+    drop(m);
+
+    // The next one drops b (it saves no list of its own here).
+    let m = mount(&store, &tl).await;
+    m.fs.remove(ROOT_INO, b"b", false).unwrap();
+    m.fs.flush().await.unwrap();
+    drop(m);
+
+    let m = mount(&store, &tl).await;
+    let list = m.fs.heat_list().await.unwrap();
+    assert_eq!(list, [(b, 1), (a, 0), (a, 1), (a, 2)]);
+    let done = m.fs.prewarm(list, |_| {}).await;
+    assert_eq!(
+        done,
+        PrewarmProgress {
+            listed: 4,
+            fetched: 3,
+            skipped: 1,
+            done: true
+        }
+    );
+    assert_eq!(m.fs.prewarm_progress(), Some(done));
+    let data = pattern(1, 4 * BS);
+    for block in 0..3 {
+        assert_cached(&m.fs, a, block, &data[block as usize * BS..][..BS]);
+    }
+    assert!(
+        !m.fs.cache().contains(a, 3),
+        "a page nobody read is not prewarmed"
+    );
+    let before = calls(&store);
+    assert_bytes(read(&m.fs, a, 0, 3 * BS as u32).await, &data[..3 * BS], "a");
+    assert_eq!(
+        calls(&store),
+        before,
+        "prewarmed pages are read from the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_page_written_while_its_prewarm_is_on_the_way_keeps_the_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tl) = InProcess::new(dir.path());
+    let m = mount(&store, &tl).await;
+    let a = create_file(&m.fs, b"a", &pattern(1, 2 * BS));
+    m.fs.flush().await.unwrap();
+    read(&m.fs, a, 0, 2 * BS as u32).await;
+    m.fs.save_heat().await.unwrap();
+    drop(m);
+
+    let m = mount(&store, &tl).await;
+    let list = m.fs.heat_list().await.unwrap();
+    let mut held = store.hold_next(Call::Read);
+    let prewarm = tokio::spawn({
+        let fs = m.fs.clone();
+        async move { fs.prewarm(list, |_| {}).await }
+    });
+    // The batch's read has been performed (old content on its way); the page is rewritten
+    // and flushed before it lands.
+    held.performed().await;
+    let new = pattern(9, BS);
+    write(&m.fs, a, 0, &new);
+    m.fs.flush().await.unwrap();
+    held.release();
+    let done = prewarm.await.unwrap();
+    assert_eq!((done.listed, done.done), (2, true));
+    // The flush cached the new page; the prewarm's old copy did not replace it.
+    assert_cached(&m.fs, a, 0, &new);
+    assert_cached(&m.fs, a, 1, &pattern(1, 2 * BS)[BS..]);
+    assert_bytes(
+        read(&m.fs, a, 0, BS as u32).await,
+        &new,
+        "the rewritten page",
+    );
+}
+
+#[tokio::test]
+async fn heat_lists_are_sealed_under_the_tenants_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tl) = InProcess::new(dir.path());
+    let keys = || {
+        DataKeys::new(
+            "acme".into(),
+            vec![tl.to_string()],
+            vec![(1, zeroize::Zeroizing::new([4u8; 32]))],
+        )
+        .unwrap()
+    };
+    let m = mount_with(&store, &tl, store.acquire(&tl), Some(keys())).await;
+    let a = create_file(&m.fs, b"a", &pattern(1, BS));
+    m.fs.flush().await.unwrap();
+    read(&m.fs, a, 0, 100).await;
+    m.fs.save_heat().await.unwrap();
+    drop(m);
+    let stored = store.get(&tl, layout::HEAT).unwrap();
+    assert_eq!(DataKeys::version_of(&stored), Some(1), "sealed");
+    let m = mount_with(&store, &tl, store.acquire(&tl), Some(keys())).await;
+    assert_eq!(m.fs.heat_list().await.unwrap(), [(a, 0)]);
+}
+
+#[tokio::test]
+async fn written_pages_are_listed_but_the_wals_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tl) = InProcess::new(dir.path());
+    let m = mount(&store, &tl).await;
+    let (wal, _) =
+        m.fs.create(ROOT_INO, b"pg_wal", Kind::Directory, 0o700)
+            .unwrap();
+    let (segment, _) =
+        m.fs.create(wal, b"000000010000000000000001", Kind::File, 0o600)
+            .unwrap();
+    write(&m.fs, segment, 0, &pattern(3, 2 * BS));
+    let table = create_file(&m.fs, b"16384", &pattern(4, 2 * BS));
+    m.fs.flush().await.unwrap();
+    m.fs.save_heat().await.unwrap();
+    drop(m);
+    let m = mount(&store, &tl).await;
+    assert_eq!(m.fs.heat_list().await.unwrap(), [(table, 0), (table, 1)]);
+}
