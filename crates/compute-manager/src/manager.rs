@@ -785,10 +785,13 @@ impl Manager {
             }
         };
         let result = self.start_postgres(endpoint, slot, &dir, steps).await;
-        if result.is_err()
-            && let Some(fs) = &mut pagefs
-        {
-            fs.stop(inner.opts.compute.stop_timeout.get()).await;
+        if let Some(fs) = &mut pagefs {
+            match &result {
+                Ok(_) => fs.compute_active().await,
+                Err(_) => {
+                    fs.stop(inner.opts.compute.stop_timeout.get()).await;
+                }
+            }
         }
         result.map(|mut run| {
             run.pagefs = pagefs;

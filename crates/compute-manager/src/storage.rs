@@ -170,6 +170,8 @@ pub(crate) struct Pagefs {
     pub(crate) stats: std::sync::Arc<std::sync::Mutex<PagefsStats>>,
     /// Its account of the mount, if its `ready` line had one.
     pub(crate) steps: Option<PagefsSteps>,
+    /// Its standard input, until [`Pagefs::compute_active`] says the compute is up.
+    stdin: Option<tokio::process::ChildStdin>,
     /// Whether a finished re-seal was already handed out by [`Pagefs::finished_reseal`].
     reseal_seen: bool,
     child: Child,
@@ -429,22 +431,20 @@ impl Storage {
         lakebed_telemetry::inject(&tracing::Span::current(), |name, value| {
             cmd.env(name.to_ascii_uppercase(), value);
         });
-        cmd.stdin(if keys_input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0)
-        .kill_on_drop(false);
+        // Standard input carries the keys, then `active` (see `Pagefs::compute_active`).
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false);
         let mut child = cmd
             .spawn()
             .map_err(ManagerError::io(&self.opts.pagefs_bin))?;
         // The DEKs go over a pipe only this child holds; the text is zeroized when dropped.
-        if let (Some(text), Some(mut stdin)) = (keys_input, child.stdin.take()) {
+        let mut stdin = child.stdin.take();
+        if let (Some(text), Some(pipe)) = (keys_input, stdin.as_mut()) {
             use tokio::io::AsyncWriteExt;
-            if let Err(e) = stdin.write_all(text.as_bytes()).await {
+            if let Err(e) = pipe.write_all(text.as_bytes()).await {
                 tracing::warn!(endpoint, error = %e, "could not hand the keys to pagefs");
             }
         }
@@ -499,6 +499,7 @@ impl Storage {
         Ok(Pagefs {
             stats,
             steps,
+            stdin,
             reseal_seen: false,
             child,
             mountpoint: mountpoint.to_owned(),
@@ -530,6 +531,16 @@ struct MountAt<'a> {
 }
 
 impl Pagefs {
+    /// Tells pagefs the compute accepts clients (the line `active`, then the end of its
+    /// standard input): what it read so far is its heat list's startup part, and the rest of
+    /// its prewarm may start. Once; a pagefs that is gone is not an error here.
+    pub(crate) async fn compute_active(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        if let Some(mut pipe) = self.stdin.take() {
+            let _ = pipe.write_all(b"active\n").await;
+        }
+    }
+
     /// A re-seal that finished and re-sealed something, once (for the audit log).
     pub(crate) fn finished_reseal(&mut self) -> Option<ResealStatus> {
         let r = self.stats.lock().ok()?.reseal?;
@@ -548,6 +559,7 @@ impl Pagefs {
     /// Unmounts: SIGTERM (pagefs unmounts, flushes, cleans up), then after `grace` SIGKILL
     /// and a detached unmount. Returns pagefs's exit status if it exited by itself.
     pub(crate) async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.stdin = None;
         let pid = Pid::from_raw(self.child.id().unwrap_or_default() as i32);
         let mut status = self.try_exited();
         if status.is_none() {

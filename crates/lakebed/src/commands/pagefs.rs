@@ -1,8 +1,10 @@
 //! `lakebed pagefs`: one compute's PGDATA, mounted from the page store.
 //!
 //! The compute manager starts it with the mount's parameters as arguments (none secret),
-//! waits for the line `ready GENERATION {STEPS}` on standard output (the steps of the mount,
-//! as JSON: `MountSteps`), reads a `stats {JSON}` line
+//! writes the tenant's keys to its standard input (with `--keys-from-stdin`), then the line
+//! `active` once the compute accepts clients (the rest of the prewarm waits for it; the end
+//! of standard input counts too), waits for the line `ready GENERATION {STEPS}` on standard
+//! output (the steps of the mount, as JSON: `MountSteps`), reads a `stats {JSON}` line
 //! every second after it (cache and page store counters) and `reseal {JSON}` lines while
 //! pages are re-sealed after a rekey, and stops it with SIGTERM (or by unmounting). Logs go to standard error. The process is made non-dumpable first: it
 //! holds the per-boot key and plaintext pages.
@@ -12,6 +14,8 @@ use lakebed_pageserver_client::pagefs::data_key::DataKeys;
 use lakebed_pageserver_client::pagefs::{self, MountSpec, Options, Report};
 use lakebed_pageserver_client::{ClientOptions, ClientTls, PageStoreClient};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc::UnboundedReceiver;
+use zeroize::Zeroizing;
 
 use crate::cli::PagefsArgs;
 
@@ -53,15 +57,27 @@ async fn serve(args: PagefsArgs) -> Result<()> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     });
+    let mut stdin = stdin_lines();
     let keys = if args.keys_from_stdin {
         Some(
-            read_keys()
+            read_keys(&mut stdin)
                 .await
                 .context("reading the tenant's keys from standard input")?,
         )
     } else {
         None
     };
+    // The manager's next line, `active`, says the compute accepts clients (see MountSpec);
+    // so does the end of standard input.
+    let (active_tx, active) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        while let Some(line) = stdin.recv().await {
+            if line.trim() == "active" {
+                break;
+            }
+        }
+        let _ = active_tx.send(());
+    });
     let spec = MountSpec {
         mountpoint: args.mountpoint,
         timeline,
@@ -70,6 +86,7 @@ async fn serve(args: PagefsArgs) -> Result<()> {
         options: Options::new(args.uid, args.gid),
         keys,
         prewarm: !args.no_prewarm,
+        active: Some(active),
     };
     pagefs::serve(
         client,
@@ -99,19 +116,37 @@ async fn serve(args: PagefsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads the tenant's keys that the compute manager writes to standard input, then closes
-/// it: `tenant NAME`, `lineage TIMELINE...` (own first), one `dek VERSION BASE64` per DEK
-/// version, `end`. The DEK bytes are zeroized once the key schedules are built.
-async fn read_keys() -> Result<DataKeys> {
+/// Standard input's lines, read on a thread of their own (zeroized once handled). Not
+/// tokio's stdin: its read runs on the blocking pool, and the runtime would wait for it at
+/// exit while the manager keeps the pipe open.
+fn stdin_lines() -> UnboundedReceiver<Zeroizing<String>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let spawned = std::thread::Builder::new()
+        .name("pagefs-stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(Zeroizing::new(line)).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot read standard input");
+    }
+    rx
+}
+
+/// Reads the tenant's keys that the compute manager writes to standard input: `tenant
+/// NAME`, `lineage TIMELINE...` (own first), one `dek VERSION BASE64` per DEK version,
+/// `end`. The DEK bytes are zeroized once the key schedules are built.
+async fn read_keys(lines: &mut UnboundedReceiver<Zeroizing<String>>) -> Result<DataKeys> {
     use base64::Engine;
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let (mut tenant, mut lineage, mut deks) = (None, Vec::new(), Vec::new());
     loop {
-        let Some(line) = lines.next_line().await? else {
+        let Some(line) = lines.recv().await else {
             anyhow::bail!("standard input ended before \"end\"");
         };
-        let line = zeroize::Zeroizing::new(line);
         let mut words = line.split_whitespace();
         match words.next() {
             Some("tenant") => tenant = words.next().map(str::to_owned),
@@ -121,12 +156,12 @@ async fn read_keys() -> Result<DataKeys> {
                     .next()
                     .and_then(|v| v.parse().ok())
                     .context("a dek line without a version")?;
-                let raw = zeroize::Zeroizing::new(
+                let raw = Zeroizing::new(
                     base64::engine::general_purpose::STANDARD
                         .decode(words.next().unwrap_or_default())
                         .map_err(|_| anyhow::anyhow!("DEK version {version} is not base64"))?,
                 );
-                let mut key = zeroize::Zeroizing::new([0u8; 32]);
+                let mut key = Zeroizing::new([0u8; 32]);
                 anyhow::ensure!(raw.len() == 32, "DEK version {version} is not 32 bytes");
                 key.copy_from_slice(&raw);
                 deks.push((version, key));

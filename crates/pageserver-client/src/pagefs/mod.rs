@@ -100,6 +100,9 @@ pub struct MountSpec {
     /// the background (see `fs::prewarm`). The list of this boot's reads is written at
     /// unmount either way.
     pub prewarm: bool,
+    /// Resolves (or is dropped) once the compute accepts clients: the end of the heat
+    /// list's startup part, and the start of the rest of the prewarm. `None`: at once.
+    pub active: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// Why a mount failed or ended badly.
@@ -172,11 +175,11 @@ pub async fn serve(
         ..MountSteps::default()
     };
     fresh_dir(&spec.local_dir)?;
-    let keys = spec.keys.take();
+    let taken = (spec.keys.take(), spec.active.take());
     let result = serve_in(
         client,
         &spec,
-        keys,
+        taken,
         (generation, steps),
         mount_span,
         report,
@@ -193,7 +196,10 @@ pub async fn serve(
 async fn serve_in(
     client: PageStoreClient,
     spec: &MountSpec,
-    keys: Option<data_key::DataKeys>,
+    (keys, announced): (
+        Option<data_key::DataKeys>,
+        Option<tokio::sync::oneshot::Receiver<()>>,
+    ),
     (generation, mut steps): (Generation, MountSteps),
     mount_span: tracing::Span,
     report: impl Fn(Report) + Send + Sync + 'static,
@@ -235,13 +241,30 @@ async fn serve_in(
     );
     steps.load_ms = millis(loading);
     let mounting = std::time::Instant::now();
+    // Once the compute accepts clients: the heat list's startup part ends, and the rest of
+    // the prewarm may start.
+    let (active_tx, active_rx) = tokio::sync::watch::channel(false);
+    let activity = {
+        let fs = fs.clone();
+        tokio::spawn(async move {
+            if let Some(announced) = announced {
+                let _ = announced.await;
+                fs.compute_active();
+            }
+            let _ = active_tx.send(true);
+        })
+    };
     // Started before the mount is live: the pages Postgres reads first come first.
     let prewarmer = spec.prewarm.then(|| {
         let fs = fs.clone();
+        let mut active = active_rx;
         tokio::spawn(async move {
+            let active = async move {
+                let _ = active.wait_for(|a| *a).await;
+            };
             match fs.heat_list().await {
                 Ok(list) if !list.is_empty() => {
-                    let p = fs.prewarm(list, |_| {}).await;
+                    let p = fs.prewarm(list, active, |_| {}).await;
                     tracing::info!(
                         listed = p.listed,
                         fetched = p.fetched,
@@ -347,6 +370,7 @@ async fn serve_in(
     if let Some(p) = prewarmer {
         p.abort();
     }
+    activity.abort();
     // The handler flushed at destroy; this one reports whether anything is left.
     let flushed = fs.flush().await;
     if flushed.is_ok()

@@ -8,9 +8,14 @@
 //! rest of what was hot. Pages, never their contents: a page number list, sealed like any
 //! value.
 //!
-//! **Encoding** (`FORMAT`, then per page the zigzag varint of its inode's difference from
-//! the previous page's, then that of its block's): consecutive blocks of one file cost two
-//! bytes a page, so the largest list fits in one page store value.
+//! The pages touched before the compute accepted clients (Postgres's start, the manager's
+//! checks) are the list's *startup* part: the next mount fetches them at once, the rest
+//! only once its compute accepts clients (see the `prewarm` module).
+//!
+//! **Encoding** (`FORMAT`, the varint length of the startup part, then per page the zigzag
+//! varint of its inode's difference from the previous page's, then that of its block's):
+//! consecutive blocks of one file cost two bytes a page, so the largest list fits in one
+//! page store value.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -18,7 +23,7 @@ use std::ops::Range;
 use lakebed_pageserver_api::limits::MAX_VALUE_BYTES;
 
 /// The encoding's version byte.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
 /// Most pages a list holds: 1 GiB of pages.
 pub(super) const MAX_PAGES: usize = 1 << 17;
@@ -32,6 +37,16 @@ pub(super) struct Heat {
     order: Vec<(u64, u64)>,
     seen: HashSet<(u64, u64)>,
     cap: usize,
+    /// How many of `order` were touched before the compute accepted clients; `None` until
+    /// it did.
+    startup: Option<usize>,
+}
+
+/// A heat list as stored: the pages in order, and how many of them make the startup part.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct List {
+    pub(super) pages: Vec<(u64, u64)>,
+    pub(super) startup: usize,
 }
 
 impl Heat {
@@ -41,6 +56,11 @@ impl Heat {
             cap: cap.min(MAX_PAGES),
             ..Self::default()
         }
+    }
+
+    /// Marks the end of the startup part: the compute accepts clients.
+    pub(super) fn started(&mut self) {
+        self.startup.get_or_insert(self.order.len());
     }
 
     /// Notes that `blocks` of `ino` were read.
@@ -59,23 +79,31 @@ impl Heat {
     /// reads, then the pages of `previous` (the list this boot started from) it did not
     /// read, up to the cap. So a short boot (a crash, a `select 1`) does not make the next
     /// one forget what was hot; pages drop off the end as newer reads push them out.
-    pub(super) fn encode_after(&self, previous: &[(u64, u64)]) -> Vec<u8> {
+    ///
+    /// The startup part is this boot's, or (for a boot that never got that far) the
+    /// previous list's.
+    pub(super) fn encode_after(&self, previous: &List) -> Vec<u8> {
         let room = self.cap.saturating_sub(self.order.len());
         let older = previous
+            .pages
             .iter()
             .filter(|p| !self.seen.contains(p))
             .take(room)
             .copied();
-        let list: Vec<(u64, u64)> = self.order.iter().copied().chain(older).collect();
-        encode(&list)
+        let pages: Vec<(u64, u64)> = self.order.iter().copied().chain(older).collect();
+        let startup = self
+            .startup
+            .unwrap_or(previous.startup.max(self.order.len()));
+        encode(&List { pages, startup })
     }
 }
 
-/// Encodes `pages` (see the module docs), as many as fit in [`MAX_BYTES`].
-pub(super) fn encode(pages: &[(u64, u64)]) -> Vec<u8> {
+/// Encodes `list` (see the module docs), as many pages as fit in [`MAX_BYTES`].
+pub(super) fn encode(list: &List) -> Vec<u8> {
     let mut out = vec![FORMAT];
+    varint(&mut out, list.startup.min(list.pages.len()) as u64);
     let (mut ino, mut block) = (0u64, 0u64);
-    for &(i, b) in pages {
+    for &(i, b) in &list.pages {
         if out.len() + 20 > MAX_BYTES {
             break;
         }
@@ -87,11 +115,12 @@ pub(super) fn encode(pages: &[(u64, u64)]) -> Vec<u8> {
 }
 
 /// Decodes a list [`encode`] made; `None` if it is not one (another format, cut short).
-pub(super) fn decode(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
+pub(super) fn decode(bytes: &[u8]) -> Option<List> {
     let (&format, mut rest) = bytes.split_first()?;
     if format != FORMAT {
         return None;
     }
+    let startup = usize::try_from(read_varint(&mut rest)?).ok()?;
     let (mut ino, mut block) = (0u64, 0u64);
     let mut pages = Vec::new();
     while !rest.is_empty() {
@@ -103,7 +132,8 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
             return None;
         }
     }
-    Some(pages)
+    let startup = startup.min(pages.len());
+    Some(List { pages, startup })
 }
 
 fn zigzag(delta: u64) -> u64 {
@@ -142,26 +172,42 @@ mod tests {
 
     use super::*;
 
+    fn list(pages: Vec<(u64, u64)>, startup: usize) -> List {
+        List { pages, startup }
+    }
+
     #[test]
     fn a_list_keeps_first_reads_in_order_once_each_up_to_its_cap() {
         let mut heat = Heat::new(5);
         heat.touch(7, 0..2);
         heat.touch(3, 4..5);
+        heat.started();
         heat.touch(7, 1..3);
         heat.touch(9, 0..10);
         assert_eq!(heat.order, [(7, 0), (7, 1), (3, 4), (7, 2), (9, 0)]);
+        let stored = decode(&heat.encode_after(&List::default())).unwrap();
+        assert_eq!(
+            stored.startup, 3,
+            "touched before the compute accepted clients"
+        );
     }
 
     #[test]
     fn the_list_left_behind_keeps_older_pages_after_this_boots_reads() {
         let mut heat = Heat::new(4);
         heat.touch(7, 1..3);
-        let previous = [(7, 0), (7, 1), (8, 5), (8, 6), (8, 7)];
+        let previous = list(vec![(7, 0), (7, 1), (8, 5), (8, 6), (8, 7)], 3);
+        // A boot that never accepted clients keeps the previous startup part.
         assert_eq!(
             decode(&heat.encode_after(&previous)),
-            Some(vec![(7, 1), (7, 2), (7, 0), (8, 5)])
+            Some(list(vec![(7, 1), (7, 2), (7, 0), (8, 5)], 3))
         );
-        assert_eq!(decode(&Heat::new(4).encode_after(&[])), Some(vec![]));
+        heat.started();
+        assert_eq!(decode(&heat.encode_after(&previous)).unwrap().startup, 2);
+        assert_eq!(
+            decode(&Heat::new(4).encode_after(&List::default())),
+            Some(List::default())
+        );
     }
 
     #[test]
@@ -175,10 +221,11 @@ mod tests {
             (big + 3, 0),
             (u64::MAX, 1),
         ];
-        assert_eq!(decode(&encode(&pages)), Some(pages));
-        let run: Vec<(u64, u64)> = (0..1000).map(|b| (big, b)).collect();
+        let l = list(pages, 2);
+        assert_eq!(decode(&encode(&l)), Some(l));
+        let run = list((0..1000).map(|b| (big, b)).collect(), 0);
         let bytes = encode(&run);
-        assert!(bytes.len() <= 1 + 2 * 1000 + 8, "{} bytes", bytes.len());
+        assert!(bytes.len() <= 2 + 2 * 1000 + 8, "{} bytes", bytes.len());
         assert_eq!(decode(&bytes), Some(run));
     }
 
@@ -188,12 +235,13 @@ mod tests {
         let pages: Vec<(u64, u64)> = (0..MAX_PAGES as u64)
             .map(|n| ((n % 1000) << 32 | 1, n * 7919 % 100_000))
             .collect();
-        let bytes = encode(&pages);
+        let bytes = encode(&list(pages.clone(), MAX_PAGES));
         assert!(bytes.len() <= MAX_BYTES);
         let back = decode(&bytes).unwrap();
-        assert_eq!(back[..], pages[..back.len()]);
+        assert_eq!(back.pages[..], pages[..back.pages.len()]);
+        assert_eq!(back.startup, back.pages.len(), "cut to what was kept");
         assert_eq!(decode(&[]), None);
-        assert_eq!(decode(&[2, 0, 0]), None);
-        assert_eq!(decode(&[FORMAT, 0x80]), None, "a varint cut short");
+        assert_eq!(decode(&[1, 0, 0, 0]), None, "another format");
+        assert_eq!(decode(&[FORMAT, 0, 0x80]), None, "a varint cut short");
     }
 }

@@ -94,7 +94,7 @@ use stats::IoStats;
 pub use fetch::{Fetched, Need};
 pub use flush::flusher;
 pub use prefetch::prefetcher;
-pub use prewarm::PrewarmProgress;
+pub use prewarm::{HeatList, PrewarmProgress};
 pub use reseal::ResealProgress;
 pub use state::{DirEntry, Node};
 pub use stats::{FETCH_BUCKETS, IoCounters};

@@ -4,10 +4,17 @@
 //! At unmount pagefs writes its heat list (see the `heat` module) to the timeline under
 //! [`layout::HEAT`], sealed under the tenant's DEK like any value. At the next mount,
 //! [`PageFs::prewarm`] fetches the listed pages into the local cache in the background, in
-//! list order: Postgres's own start and the first sessions' catalog reads come first, then
-//! the rest of what was hot. It starts before the mount is live, with small batches that
-//! grow, so the pages a start needs are cached by the time Postgres reads them; a read that
-//! gets ahead of it fetches its page itself, as without a prewarm.
+//! two parts:
+//!
+//! - **The startup part** (what the last boot touched before its compute accepted
+//!   clients: Postgres's start, the manager's checks) at once, before the mount is live,
+//!   in small batches that grow, so those pages are cached by the time Postgres reads them.
+//! - **The rest**, what was hot after that, only once this compute accepts clients (so it
+//!   never competes with the start), in list order, in batches sorted by key, each followed
+//!   by a pause as long as the batch took: at most half of the page store's and pagefs's
+//!   time, so the first queries are not starved by it.
+//!
+//! A read that gets ahead of the prewarm fetches its page itself, as without one.
 //!
 //! **One call per batch**, across files: a `Read` of the batch's page keys. A page is
 //! fetched only if its file still exists and reaches it (a dropped table's pages are
@@ -16,6 +23,7 @@
 //! is not cached with its old content. A prewarm stops when the cache is full: the list is
 //! hottest first, and going on would evict what it fetched.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -23,7 +31,7 @@ use bytes::Bytes;
 
 use super::PageFs;
 use super::fetch::{MAX_FETCH_BLOCKS, Registered};
-use super::heat;
+use super::heat::{self, List};
 use super::state::lock;
 use crate::pagefs::data_key::ValueKind;
 use crate::pagefs::layout::{self, blocks_for};
@@ -31,6 +39,27 @@ use crate::rpc::RpcError;
 
 /// Pages in the first batch; each next batch doubles, up to [`MAX_FETCH_BLOCKS`].
 const FIRST_BATCH: usize = 64;
+
+/// A heat list read at mount, for [`PageFs::prewarm`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeatList(List);
+
+impl HeatList {
+    /// The listed pages, `(inode, block)`, in order.
+    pub fn pages(&self) -> &[(u64, u64)] {
+        &self.0.pages
+    }
+
+    /// How many of them make the startup part (fetched before the compute is active).
+    pub fn startup(&self) -> usize {
+        self.0.startup
+    }
+
+    /// Whether nothing is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.pages.is_empty()
+    }
+}
 
 /// Progress of a prewarm.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,7 +88,7 @@ impl PrewarmProgress {
 #[derive(Debug, Default)]
 pub(super) struct Prewarming {
     progress: Mutex<Option<PrewarmProgress>>,
-    previous: Mutex<Vec<(u64, u64)>>,
+    previous: Mutex<List>,
 }
 
 impl Prewarming {
@@ -71,8 +100,8 @@ impl Prewarming {
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
     }
 
-    fn previous(&self, list: &[(u64, u64)]) {
-        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = list.to_vec();
+    fn previous(&self, list: &List) {
+        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = list.clone();
     }
 }
 
@@ -83,19 +112,19 @@ impl PageFs {
     /// # Errors
     ///
     /// The page store's error.
-    pub async fn heat_list(&self) -> Result<Vec<(u64, u64)>, RpcError> {
+    pub async fn heat_list(&self) -> Result<HeatList, RpcError> {
         let list = self.read_heat_list().await?;
         self.prewarming.previous(&list);
-        Ok(list)
+        Ok(HeatList(list))
     }
 
-    async fn read_heat_list(&self) -> Result<Vec<(u64, u64)>, RpcError> {
+    async fn read_heat_list(&self) -> Result<List, RpcError> {
         let read = self
             .store
             .read(&self.timeline, vec![Bytes::from_static(layout::HEAT)], None)
             .await?;
         let Some(Some(stored)) = read.values.into_iter().next() else {
-            return Ok(Vec::new());
+            return Ok(List::default());
         };
         let plain = match &self.keys {
             None => Ok(stored),
@@ -105,34 +134,53 @@ impl PageFs {
             Ok(Some(list)) => Ok(list),
             Ok(None) => {
                 tracing::warn!("the heat list does not decode; no prewarm");
-                Ok(Vec::new())
+                Ok(List::default())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the heat list does not open; no prewarm");
-                Ok(Vec::new())
+                Ok(List::default())
             }
         }
     }
 
-    /// Fetches the pages of `list` (a heat list) into the local cache, in order, in growing
-    /// batches, reporting the progress after each to `report` and in the stats. Never
-    /// fails: a batch the page store refuses ends the prewarm (reads fetch for themselves).
+    /// Fetches the pages of `list` (a heat list) into the local cache: its startup part at
+    /// once, in growing batches; the rest once `active` resolves (the compute accepts
+    /// clients), in paced batches (see the module docs). Reports the progress after each
+    /// batch to `report` and in the stats. Never fails: a batch the page store refuses ends
+    /// the prewarm (reads fetch for themselves).
     pub async fn prewarm(
         &self,
-        list: Vec<(u64, u64)>,
+        list: HeatList,
+        active: impl Future<Output = ()>,
         report: impl Fn(PrewarmProgress),
     ) -> PrewarmProgress {
+        let List { pages, startup } = list.0;
         let mut progress = PrewarmProgress {
-            listed: list.len() as u64,
+            listed: pages.len() as u64,
             ..PrewarmProgress::default()
         };
-        let mut rest = &list[..];
+        let (first, rest) = pages.split_at(startup.min(pages.len()));
         let mut size = FIRST_BATCH;
-        while !rest.is_empty() && self.cache.len() < self.cache.capacity() {
-            let (batch, tail) = rest.split_at(size.min(rest.len()));
-            rest = tail;
+        let mut todo = first;
+        let mut active = Some(active);
+        let mut paced = false;
+        loop {
+            if todo.is_empty() {
+                let Some(active) = active.take().filter(|_| !rest.is_empty()) else {
+                    break;
+                };
+                active.await;
+                (todo, paced, size) = (rest, true, MAX_FETCH_BLOCKS);
+                continue;
+            }
+            if self.cache.len() >= self.cache.capacity() {
+                break;
+            }
+            let (batch, tail) = todo.split_at(size.min(todo.len()));
+            todo = tail;
             size = (size * 2).min(MAX_FETCH_BLOCKS);
-            match self.prewarm_batch(batch).await {
+            let started = Instant::now();
+            match self.prewarm_batch(batch, paced).await {
                 Ok(fetched) => {
                     progress.fetched += fetched;
                     progress.skipped += batch.len() as u64 - fetched;
@@ -144,6 +192,9 @@ impl PageFs {
             }
             self.prewarming.set(progress);
             report(progress);
+            if paced {
+                tokio::time::sleep(started.elapsed()).await;
+            }
         }
         progress.done = true;
         self.prewarming.set(progress);
@@ -151,12 +202,19 @@ impl PageFs {
         progress
     }
 
+    /// Marks the end of this boot's startup part (see the `heat` module): the compute
+    /// accepts clients.
+    pub fn compute_active(&self) {
+        lock(&self.state).heat.started();
+    }
+
     /// Fetches the pages of `batch` that are still wanted in one page store call, and caches
     /// those not written meanwhile. Returns how many it fetched.
-    async fn prewarm_batch(&self, batch: &[(u64, u64)]) -> Result<u64, RpcError> {
+    /// `sorted`: ask for the keys in key order, which the page store reads fastest.
+    async fn prewarm_batch(&self, batch: &[(u64, u64)], sorted: bool) -> Result<u64, RpcError> {
         let (own, registered) = {
             let mut st = lock(&self.state);
-            let own: Vec<(u64, u64)> = batch
+            let mut own: Vec<(u64, u64)> = batch
                 .iter()
                 .copied()
                 .filter(|&(ino, b)| {
@@ -170,6 +228,9 @@ impl PageFs {
                 .collect();
             if own.is_empty() {
                 return Ok(0);
+            }
+            if sorted {
+                own.sort_unstable();
             }
             let registered = Registered::new(&self.state, &mut st);
             (own, registered)

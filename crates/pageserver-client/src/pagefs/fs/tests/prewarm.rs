@@ -35,8 +35,8 @@ async fn a_mount_prewarms_what_the_last_one_read_in_order_skipping_dropped_files
 
     let m = mount(&store, &tl).await;
     let list = m.fs.heat_list().await.unwrap();
-    assert_eq!(list, [(b, 1), (a, 0), (a, 1), (a, 2)]);
-    let done = m.fs.prewarm(list, |_| {}).await;
+    assert_eq!(list.pages(), [(b, 1), (a, 0), (a, 1), (a, 2)]);
+    let done = m.fs.prewarm(list, async {}, |_| {}).await;
     assert_eq!(
         done,
         PrewarmProgress {
@@ -80,7 +80,7 @@ async fn a_page_written_while_its_prewarm_is_on_the_way_keeps_the_write() {
     let mut held = store.hold_next(Call::Read);
     let prewarm = tokio::spawn({
         let fs = m.fs.clone();
-        async move { fs.prewarm(list, |_| {}).await }
+        async move { fs.prewarm(list, async {}, |_| {}).await }
     });
     // The batch's read has been performed (old content on its way); the page is rewritten
     // and flushed before it lands.
@@ -122,7 +122,7 @@ async fn heat_lists_are_sealed_under_the_tenants_key() {
     let stored = store.get(&tl, layout::HEAT).unwrap();
     assert_eq!(DataKeys::version_of(&stored), Some(1), "sealed");
     let m = mount_with(&store, &tl, store.acquire(&tl), Some(keys())).await;
-    assert_eq!(m.fs.heat_list().await.unwrap(), [(a, 0)]);
+    assert_eq!(m.fs.heat_list().await.unwrap().pages(), [(a, 0)]);
 }
 
 #[tokio::test]
@@ -142,5 +142,56 @@ async fn written_pages_are_listed_but_the_wals_are_not() {
     m.fs.save_heat().await.unwrap();
     drop(m);
     let m = mount(&store, &tl).await;
-    assert_eq!(m.fs.heat_list().await.unwrap(), [(table, 0), (table, 1)]);
+    assert_eq!(
+        m.fs.heat_list().await.unwrap().pages(),
+        [(table, 0), (table, 1)]
+    );
+}
+
+/// What a boot touched before its compute accepted clients is fetched at once by the next
+/// mount; the rest waits until that compute accepts clients.
+#[tokio::test]
+async fn the_rest_of_a_prewarm_waits_until_the_compute_accepts_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tl) = InProcess::new(dir.path());
+    let m = mount(&store, &tl).await;
+    let start = create_file(&m.fs, b"start", &pattern(1, 2 * BS));
+    let later = create_file(&m.fs, b"later", &pattern(2, 3 * BS));
+    m.fs.flush().await.unwrap();
+    drop(m);
+    let m = mount(&store, &tl).await;
+    read(&m.fs, start, 0, 2 * BS as u32).await;
+    m.fs.compute_active();
+    read(&m.fs, later, 0, 3 * BS as u32).await;
+    m.fs.save_heat().await.unwrap();
+    drop(m);
+
+    let m = mount(&store, &tl).await;
+    let list = m.fs.heat_list().await.unwrap();
+    assert_eq!((list.pages().len(), list.startup()), (5, 2));
+    let (active_tx, active) = tokio::sync::oneshot::channel::<()>();
+    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+    let prewarm = tokio::spawn({
+        let fs = m.fs.clone();
+        async move {
+            let active = async move {
+                let _ = active.await;
+            };
+            fs.prewarm(list, active, move |p| {
+                let _ = progress_tx.send(p);
+            })
+            .await
+        }
+    });
+    let first = progress.recv().await.unwrap();
+    assert_eq!((first.fetched, first.done), (2, false));
+    assert!(m.fs.cache().contains(start, 1));
+    assert!(
+        !m.fs.cache().contains(later, 0),
+        "fetched before the compute is active"
+    );
+    active_tx.send(()).unwrap();
+    let done = prewarm.await.unwrap();
+    assert_eq!((done.fetched, done.done), (5, true));
+    assert_cached(&m.fs, later, 2, &pattern(2, 3 * BS)[2 * BS..]);
 }
