@@ -105,6 +105,8 @@ impl PageFs {
             return Err(Errno::EISDIR);
         }
         let scratch = node.scratch;
+        // The WAL is read at start and in recovery, at a new place each boot: not listed.
+        let listed = !scratch && st.wal_dir != Some(node.parent);
         let size_now = node.rec.size;
         let end = (offset + u64::from(size)).min(size_now);
         if offset >= end {
@@ -136,7 +138,7 @@ impl PageFs {
                 ahead: advice.sync,
             }));
         }
-        if !scratch {
+        if listed {
             let blocks = size_now.div_ceil(BS);
             st.heat.touch(ino, first..last.min(blocks));
         }
@@ -204,7 +206,7 @@ impl PageFs {
         }
         let scratch = node.scratch;
         // A page Postgres writes back was in its buffers: hot, even if pagefs never saw it
-        // read. The WAL is written once and read at recovery only: not listed.
+        // read. Not the WAL's (see `read`).
         let listed = !scratch && st.wal_dir != Some(node.parent);
         let base_of = |b: u64| {
             partial

@@ -1,8 +1,8 @@
 //! The heat list: which pages this compute read, in the order it first read them.
 //!
 //! Every read of a file's pages (not of scratch files) notes them here, once each, up to a
-//! cap; so does every write but the WAL's (a page Postgres writes back was in its buffers,
-//! where its reads never reach pagefs). At unmount the list is written to the timeline (see the `prewarm` module), and the
+//! cap; so does every write (a page Postgres writes back was in its buffers, where its
+//! reads never reach pagefs). The WAL is left out: it is read at a new place each boot. At unmount the list is written to the timeline (see the `prewarm` module), and the
 //! next compute fetches those pages back before they are asked for: first the ones this
 //! boot read first (Postgres's start and its first sessions' catalog lookups), then the
 //! rest of what was hot. Pages, never their contents: a page number list, sealed like any

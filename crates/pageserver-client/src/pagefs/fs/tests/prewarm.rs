@@ -126,7 +126,7 @@ async fn heat_lists_are_sealed_under_the_tenants_key() {
 }
 
 #[tokio::test]
-async fn written_pages_are_listed_but_the_wals_are_not() {
+async fn written_pages_are_listed_and_the_wal_read_or_written_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let (store, tl) = InProcess::new(dir.path());
     let m = mount(&store, &tl).await;
@@ -139,6 +139,7 @@ async fn written_pages_are_listed_but_the_wals_are_not() {
     write(&m.fs, segment, 0, &pattern(3, 2 * BS));
     let table = create_file(&m.fs, b"16384", &pattern(4, 2 * BS));
     m.fs.flush().await.unwrap();
+    read(&m.fs, segment, 0, BS as u32).await;
     m.fs.save_heat().await.unwrap();
     drop(m);
     let m = mount(&store, &tl).await;
