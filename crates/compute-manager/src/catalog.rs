@@ -159,8 +159,9 @@ pub struct BootRecord {
     pub outcome: String,
     /// Why it failed, if it did.
     pub error: Option<String>,
-    /// Where the time of the wake went, if it came up (boots recorded before this field
-    /// existed have none).
+    /// Where the time of the wake went: every step for a boot that came up, those before
+    /// the failure for one that did not (boots recorded before this field existed have
+    /// none).
     pub steps: Option<WakeSteps>,
 }
 
@@ -610,18 +611,21 @@ impl Catalog {
         Ok(())
     }
 
-    /// Appends a boot to the endpoint's history and returns its number: its cold start and
-    /// steps if it came up, why not if it did not.
+    /// Appends a boot to the endpoint's history and returns its number: its cold start if
+    /// it came up, why not if it did not, and the steps it went through (those before the
+    /// failure, for a failed one).
     pub fn record_boot(
         &self,
         endpoint: &EndpointName,
         requested_at: DateTime<Utc>,
-        outcome: Result<(Duration, &WakeSteps), &str>,
+        outcome: Result<Duration, &str>,
+        steps: &WakeSteps,
     ) -> Result<u64, ManagerError> {
-        let (cold_start, steps, error) = match outcome {
-            Ok((cold_start, steps)) => (Some(cold_start), serde_json::to_string(steps).ok(), None),
-            Err(error) => (None, None, Some(error)),
+        let (cold_start, error) = match outcome {
+            Ok(cold_start) => (Some(cold_start), None),
+            Err(error) => (None, Some(error)),
         };
+        let steps = serde_json::to_string(steps).ok();
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
         let boot: u64 = tx.query_row(
@@ -794,6 +798,10 @@ mod tests {
             postgres_start_ms: 70,
             ..WakeSteps::default()
         };
+        let failed = WakeSteps {
+            mount_ms: 40,
+            ..WakeSteps::default()
+        };
         {
             let c = Catalog::open(&path).unwrap();
             assert!(c.ensure_tenant(&t, None).unwrap());
@@ -801,11 +809,14 @@ mod tests {
             c.create_endpoint(&e, &t, &policy).unwrap();
             c.create_role(&e, &r, &v).unwrap();
             assert_eq!(
-                c.record_boot(&e, Utc::now(), Ok((Duration::from_millis(812), &steps)))
+                c.record_boot(&e, Utc::now(), Ok(Duration::from_millis(812)), &steps)
                     .unwrap(),
                 1
             );
-            assert_eq!(c.record_boot(&e, Utc::now(), Err("boom")).unwrap(), 2);
+            assert_eq!(
+                c.record_boot(&e, Utc::now(), Err("boom"), &failed).unwrap(),
+                2
+            );
         }
         let c = Catalog::open(&path).unwrap();
         let ep = c.endpoint(&e).unwrap();
@@ -818,7 +829,7 @@ mod tests {
         assert_eq!(boots[0].outcome, "failed");
         assert_eq!(boots[1].cold_start_ms, Some(812));
         assert_eq!(boots[1].steps.as_ref(), Some(&steps));
-        assert_eq!(boots[0].steps, None, "a failed boot has no steps");
+        assert_eq!(boots[0].steps, Some(failed), "the steps before the failure");
         assert_eq!(c.boot_count(&e).unwrap(), 1);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(

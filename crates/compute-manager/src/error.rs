@@ -155,7 +155,10 @@ pub enum ManagerError {
         source: io::Error,
     },
     /// A SQL command on a compute failed (role sync, checkpoint).
-    #[error("on the compute of endpoint \"{endpoint}\": {source}")]
+    #[error(
+        "on the compute of endpoint \"{endpoint}\": {}",
+        sql_error_text(source)
+    )]
     ComputeSql {
         /// Endpoint name.
         endpoint: String,
@@ -222,5 +225,18 @@ impl ErrorCode {
             | Self::KmsFailed => 503,
             Self::PostgresNotFound | Self::Internal => 500,
         }
+    }
+}
+
+/// A tokio-postgres error as one line: the server's severity, SQLSTATE and message when it
+/// sent an ErrorResponse (its `Display` alone says only "db error"), else the error and its
+/// cause.
+pub fn sql_error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }

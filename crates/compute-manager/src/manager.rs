@@ -440,7 +440,11 @@ impl Manager {
                         metrics::gauge!(name, "endpoint" => ep.clone()).set(value);
                     }
                     if let Some(p) = &s.prewarm {
-                        for (state, n) in [("listed", p.listed), ("fetched", p.fetched)] {
+                        for (state, n) in [
+                            ("listed", p.listed),
+                            ("fetched", p.fetched),
+                            ("skipped", p.skipped),
+                        ] {
                             metrics::gauge!("lakebed_pagefs_prewarm_pages", "endpoint" => ep.clone(), "state" => state)
                                 .set(n as f64);
                         }
@@ -683,7 +687,7 @@ impl Manager {
                     .record(cold_start.as_secs_f64());
                 self.inner
                     .catalog
-                    .record_boot(name, requested_at, Ok((cold_start, &steps)))?;
+                    .record_boot(name, requested_at, Ok(cold_start), &steps)?;
                 slot.publish(ComputeState::Active, Some(&run.postmaster), None);
                 tracing::info!(endpoint = %name, pid = run.postmaster.pid(),
                     address = %run.postmaster.address(), cold_start_ms = cold_start.as_millis() as u64,
@@ -711,7 +715,7 @@ impl Manager {
                 let _ = self
                     .inner
                     .catalog
-                    .record_boot(name, requested_at, Err(&reason));
+                    .record_boot(name, requested_at, Err(&reason), &steps);
                 slot.publish(
                     ComputeState::Failed,
                     None,
@@ -784,11 +788,19 @@ impl Manager {
                 None
             }
         };
-        let result = self.start_postgres(endpoint, slot, &dir, steps).await;
+        let mut result = self.start_postgres(endpoint, slot, &dir, steps).await;
         if let Some(fs) = &mut pagefs {
-            match &result {
+            match &mut result {
                 Ok(_) => fs.compute_active().await,
-                Err(_) => {
+                Err(e) => {
+                    // Postgres fails when its data directory goes away: name the cause.
+                    if let (Some(status), ManagerError::StartFailed { reason, .. }) =
+                        (fs.try_exited(), &mut *e)
+                    {
+                        *reason = format!(
+                            "pagefs exited with {status} while postgres was starting ({reason})"
+                        );
+                    }
                     fs.stop(inner.opts.compute.stop_timeout.get()).await;
                 }
             }
@@ -864,9 +876,23 @@ impl Manager {
                         }
                         Err(e) => {
                             drop(client);
+                            let log_tail = pm.log_tail();
                             pm.stop(grace).await;
                             let _ = crate::postgres::remove_dir_if_exists(&dir.run_dir());
-                            return Err(e);
+                            // A failed role setup is a failed start, and said as one.
+                            return Err(match e {
+                                ManagerError::ComputeSql { source, .. } => {
+                                    ManagerError::StartFailed {
+                                        endpoint: endpoint.name.to_string(),
+                                        reason: format!(
+                                            "applying the catalog's roles failed: {}",
+                                            crate::error::sql_error_text(&source)
+                                        ),
+                                        log_tail,
+                                    }
+                                }
+                                other => other,
+                            });
                         }
                     }
                 }

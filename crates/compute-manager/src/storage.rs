@@ -109,7 +109,7 @@ pub struct PagefsStats {
 
 /// Progress of the prewarm at wake: the pages the previous compute read, fetched back into
 /// the cache in the background.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PrewarmStatus {
     /// Pages on the previous compute's list.
     pub listed: u64,
@@ -117,8 +117,11 @@ pub struct PrewarmStatus {
     pub fetched: u64,
     /// Pages left out: gone (a dropped table), past the end of their file, or already local.
     pub skipped: u64,
-    /// Whether the prewarm finished.
+    /// Whether the prewarm ended.
     pub done: bool,
+    /// Why it ended before the end of the list (`"cache full"`, `"page store error"`).
+    #[serde(default)]
+    pub stopped: Option<String>,
 }
 
 /// Progress of a re-seal under the newest DEK version (after `lakebed keys rekey`).

@@ -21,6 +21,10 @@ const MAX_LEN: usize = 63;
 /// Role-name prefixes that users may not take.
 const RESERVED_ROLE_PREFIXES: [&str; 2] = ["pg_", "lakebed_"];
 
+/// Role names PostgreSQL refuses to create ("role name ... is reserved": `public` stands for
+/// every role in `GRANT`, `none` for no role).
+const RESERVED_ROLE_NAMES: [&str; 2] = ["public", "none"];
+
 /// Why a string is not a valid [`EndpointName`], [`TenantName`] or [`RoleName`].
 ///
 /// Every message starts with the kind of name and the rejected input, then says what is
@@ -72,6 +76,14 @@ pub enum NameError {
     /// A role name with a reserved prefix (`pg_`, `lakebed_`).
     #[error("{kind} name {name:?}: names starting with \"pg_\" or \"lakebed_\" are reserved")]
     Reserved {
+        /// `"role"`.
+        kind: &'static str,
+        /// The rejected input.
+        name: String,
+    },
+    /// A role name PostgreSQL reserves (`public`, `none`).
+    #[error("{kind} name {name:?} is reserved by PostgreSQL")]
+    ReservedName {
         /// `"role"`.
         kind: &'static str,
         /// The rejected input.
@@ -132,6 +144,12 @@ fn check_role(kind: &'static str, name: &str) -> Result<(), NameError> {
             kind,
             name: name.to_owned(),
             found,
+        });
+    }
+    if RESERVED_ROLE_NAMES.contains(&name) {
+        return Err(NameError::ReservedName {
+            kind,
+            name: name.to_owned(),
         });
     }
     if RESERVED_ROLE_PREFIXES.iter().any(|p| name.starts_with(p)) {
@@ -229,8 +247,9 @@ name_type!(
     ///
     /// 1 to 63 bytes matching `[a-z_][a-z0-9_]*` (an unquoted Postgres identifier).
     /// Names starting with `pg_` (reserved by Postgres) or `lakebed_` (used by Lakebed's
-    /// own roles) are rejected with [`NameError::Reserved`]. Serde as a plain, validated
-    /// string.
+    /// own roles) are rejected with [`NameError::Reserved`], `public` and `none` (which
+    /// Postgres refuses to create) with [`NameError::ReservedName`]. Serde as a plain,
+    /// validated string.
     RoleName,
     "role",
     check_role
@@ -332,7 +351,7 @@ mod tests {
     fn role_names_invalid() {
         let long = "r".repeat(64);
         let long_msg = format!("role name \"{long}\": must be 1 to 63 bytes");
-        let cases: [(&str, &str); 7] = [
+        let cases: [(&str, &str); 9] = [
             ("", "role name \"\": must be 1 to 63 bytes"),
             (&long, &long_msg),
             (
@@ -355,6 +374,8 @@ mod tests {
                 "lakebed_admin",
                 "role name \"lakebed_admin\": names starting with \"pg_\" or \"lakebed_\" are reserved",
             ),
+            ("public", "role name \"public\" is reserved by PostgreSQL"),
+            ("none", "role name \"none\" is reserved by PostgreSQL"),
         ];
         for (input, want) in cases {
             let err = input.parse::<RoleName>().unwrap_err();

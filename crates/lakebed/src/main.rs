@@ -36,6 +36,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if is_one_shot(&cli.command) {
+        end_quietly_on_broken_pipe();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -50,4 +53,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command that prints and exits ends quietly when its reader goes away (`lakebed status
+/// | head -1`), as other command-line tools do: SIGPIPE gets its default action back. Rust
+/// ignores it, which turned a closed pipe into a panic in `println!`. Servers keep ignoring
+/// it: there a client that goes away is an error on its socket, not the end of the process.
+#[allow(unsafe_code)] // the one audited exception: no safe API sets a signal's disposition
+fn end_quietly_on_broken_pipe() {
+    // SAFETY: called at the start of main, before any other thread exists and before any
+    // handler is installed; SIG_DFL is a valid disposition for SIGPIPE.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
+}
+
+/// Whether `command` prints and exits (not `up`, `pageserver` serving, or `pagefs`).
+fn is_one_shot(command: &cli::Command) -> bool {
+    !matches!(
+        command,
+        cli::Command::Up | cli::Command::Pagefs(_) | cli::Command::Pageserver { action: None, .. }
+    )
 }

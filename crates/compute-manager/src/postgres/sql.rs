@@ -110,7 +110,8 @@ pub async fn sync_roles(
         }
         let ident = quote_ident(&name);
         if let Err(e) = client.batch_execute(&format!("DROP ROLE {ident}")).await {
-            tracing::info!(role = %name, error = %e, "role owns objects; disabling login instead");
+            tracing::info!(role = %name, error = %crate::error::sql_error_text(&e),
+                "role owns objects; disabling login instead");
             client
                 .batch_execute(&format!("ALTER ROLE {ident} NOLOGIN PASSWORD NULL"))
                 .await?;

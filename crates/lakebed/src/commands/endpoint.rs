@@ -176,7 +176,11 @@ fn show(ep: &Value) {
                 p["fetched"],
                 p["listed"],
                 p["skipped"],
-                if p["done"] == true { "done" } else { "running" }
+                match (p["done"] == true, p["stopped"].as_str()) {
+                    (true, Some(why)) => format!("stopped: {why}"),
+                    (true, None) => "done".to_owned(),
+                    (false, _) => "running".to_owned(),
+                }
             ),
         );
     }

@@ -70,15 +70,21 @@ pub struct PrewarmProgress {
     pub fetched: u64,
     /// Pages left out: gone, past the end of their file, or already local.
     pub skipped: u64,
-    /// Whether the list was gone through (or the prewarm stopped: cache full, error).
+    /// Whether the prewarm ended: the list gone through, or stopped short (`stopped`).
     pub done: bool,
+    /// Why it ended before the end of the list: `"cache full"` (the cache holds no more),
+    /// `"page store error"` (a batch failed; reads fetch for themselves).
+    pub stopped: Option<&'static str>,
 }
 
 impl PrewarmProgress {
-    /// As JSON: `{"listed":N,"fetched":N,"skipped":N,"done":BOOL}`.
+    /// As JSON: `{"listed":N,"fetched":N,"skipped":N,"done":BOOL,"stopped":null|"..."}`.
     pub fn to_json(&self) -> String {
+        let stopped = self
+            .stopped
+            .map_or_else(|| "null".to_owned(), |s| format!("\"{s}\""));
         format!(
-            "{{\"listed\":{},\"fetched\":{},\"skipped\":{},\"done\":{}}}",
+            "{{\"listed\":{},\"fetched\":{},\"skipped\":{},\"done\":{},\"stopped\":{stopped}}}",
             self.listed, self.fetched, self.skipped, self.done
         )
     }
@@ -173,10 +179,13 @@ impl PageFs {
                 (todo, paced, size) = (rest, true, MAX_FETCH_BLOCKS);
                 continue;
             }
-            if self.cache.len() >= self.cache.capacity() {
+            // Never more than the cache has room for: it would evict what the batch brought.
+            let room = self.cache.capacity().saturating_sub(self.cache.len());
+            if room == 0 {
+                progress.stopped = Some("cache full");
                 break;
             }
-            let (batch, tail) = todo.split_at(size.min(todo.len()));
+            let (batch, tail) = todo.split_at(size.min(todo.len()).min(room));
             todo = tail;
             size = (size * 2).min(MAX_FETCH_BLOCKS);
             let started = Instant::now();
@@ -187,6 +196,7 @@ impl PageFs {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "prewarm stopped; reads fetch their own pages");
+                    progress.stopped = Some("page store error");
                     break;
                 }
             }
@@ -270,7 +280,22 @@ impl PageFs {
                 .previous
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            lock(&self.state).heat.encode_after(&previous)
+            let st = lock(&self.state);
+            // Pages of files gone (or cut shorter) since are not carried forward.
+            let alive = List {
+                pages: previous
+                    .pages
+                    .iter()
+                    .copied()
+                    .filter(|&(ino, b)| {
+                        st.nodes
+                            .get(&ino)
+                            .is_some_and(|n| !n.is_dir() && b < blocks_for(n.rec.size))
+                    })
+                    .collect(),
+                startup: previous.startup,
+            };
+            st.heat.encode_after(&alive)
         };
         if encoded.len() <= 1 || self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());

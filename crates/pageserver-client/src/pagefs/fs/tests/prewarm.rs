@@ -43,7 +43,8 @@ async fn a_mount_prewarms_what_the_last_one_read_in_order_skipping_dropped_files
             listed: 4,
             fetched: 3,
             skipped: 1,
-            done: true
+            done: true,
+            stopped: None,
         }
     );
     assert_eq!(m.fs.prewarm_progress(), Some(done));
@@ -195,4 +196,33 @@ async fn the_rest_of_a_prewarm_waits_until_the_compute_accepts_clients() {
     let done = prewarm.await.unwrap();
     assert_eq!((done.fetched, done.done), (5, true));
     assert_cached(&m.fs, later, 2, &pattern(2, 3 * BS)[2 * BS..]);
+}
+
+#[tokio::test]
+async fn a_prewarm_stops_at_a_full_cache_and_a_list_drops_deleted_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tl) = InProcess::new(dir.path());
+    let m = mount(&store, &tl).await;
+    let big = create_file(&m.fs, b"big", &pattern(1, 40 * BS));
+    let small = create_file(&m.fs, b"small", &pattern(2, 2 * BS));
+    m.fs.flush().await.unwrap();
+    m.fs.save_heat().await.unwrap();
+    drop(m);
+
+    // A 16-page cache: the prewarm stops when it is full, and says so.
+    let m = mount_with_cache(&store, &tl, 16 * (BS as u64 + 16)).await;
+    let list = m.fs.heat_list().await.unwrap();
+    assert_eq!(list.pages().len(), 42);
+    let done = m.fs.prewarm(list, async {}, |_| {}).await;
+    assert_eq!((done.done, done.stopped), (true, Some("cache full")));
+    assert!(done.fetched <= 16, "{done:?}");
+    // This mount deletes `big`: the list it leaves does not carry big's pages forward.
+    m.fs.remove(ROOT_INO, b"big", false).unwrap();
+    m.fs.flush().await.unwrap();
+    m.fs.save_heat().await.unwrap();
+    drop(m);
+    let m = mount(&store, &tl).await;
+    let list = m.fs.heat_list().await.unwrap();
+    assert!(list.pages().iter().all(|&(ino, _)| ino != big), "{list:?}");
+    assert!(list.pages().contains(&(small, 1)), "{list:?}");
 }
