@@ -3,7 +3,8 @@
 #   cycles   CYCLES suspend/wake cycles through the proxy, each timed from the end of the
 #            suspend to the first row of `select 1` on a new connection (tokio-postgres:
 #            crates/tests/examples/first_row.rs, so psql's own start is not counted), for an
-#            empty endpoint and for main once it holds DATA_MB of data; p50 and p99, and the
+#            empty endpoint and then for main once it holds DATA_MB of data (each with the
+#            other suspended); p50 and p99, and the
 #            p50 of each step of the wake from the boot history (`recent_boots[].steps`:
 #            key unwrap, timeline, mount = pagefs's acquire + load + FUSE, postgres start,
 #            roles; "rest" is the wake's own overhead, "first row" the client's side: proxy,
@@ -107,12 +108,17 @@ keys = ("key_unwrap_ms", "timeline_ms", "mount_ms", "postgres_start_ms", "roles_
 print("cold-" + ep, ms, b["cold_start_ms"], *(s.get(k, 0) for k in keys),
       *(p.get(k, 0) for k in ("acquire_ms", "load_ms", "fuse_ms")))' "$1" "$ms" >>"$results"
 }
-step "cycles: $CYCLES suspend/wake cycles of each of fresh (empty) and main ($DATA_MB MB)"
+# Each endpoint on its own, the other suspended: a compute's background work (main's prewarm
+# of DATA_MB) would otherwise share the two cores with the other's wakes.
+step "cycles: $CYCLES suspend/wake cycles of fresh (empty), then of main ($DATA_MB MB)"
+$LB endpoint suspend main >/dev/null
 for _ in $(seq 1 "$CYCLES"); do
   cold fresh "$PROXIED options=endpoint=fresh"
-  cold main "$PROXIED"
 done
 $LB endpoint suspend fresh >/dev/null
+for _ in $(seq 1 "$CYCLES"); do
+  cold main "$PROXIED"
+done
 
 # prewarm LABEL: main's data read whole (so its pagefs cache holds it: warm), its warm TPS,
 # then its TPS over the first PREWARM_SECS after a wake.
