@@ -37,10 +37,6 @@ FIRST_ROW="$ROOT/target/release/examples/first_row"
 source bench/lib.sh
 
 step() { echo "coldstart: $*" >&2; }
-quiet() {
-  local out
-  out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }
-}
 
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 LOCAL_PID=""

@@ -1,6 +1,12 @@
 # Shared by the benchmark scripts: start a release `lakebed up` on a scratch data dir and
 # read what its banner says. Source it; it defines start_lakebed and stop_lakebed.
 
+# quiet CMD...: runs CMD, showing its output only if it fails.
+quiet() {
+  local out
+  out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }
+}
+
 # LAKEBED_BIN: the lakebed binary (default: the release build, target/release/lakebed).
 LAKEBED_BIN=${LAKEBED_BIN:-$ROOT/target/release/lakebed}
 

@@ -48,11 +48,6 @@ if [ "$SKIP_GC" != 1 ] && ! "$LAKEBED_BIN" pageserver gc --help >/dev/null 2>&1;
 fi
 
 step() { echo "pagestore: $*" >&2; }
-# quiet CMD...: runs CMD, showing its output only if it fails.
-quiet() {
-  local out
-  out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }
-}
 
 # Everything this script starts is stopped here, however it ends.
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)

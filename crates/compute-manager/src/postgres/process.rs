@@ -206,9 +206,13 @@ impl Postmaster {
                     log_tail,
                 });
             }
+            // Off the async workers, as every file operation on a pagefs PGDATA.
+            let pgdata = self.pgdata.clone();
             let due = last_try.is_none_or(|t| t.elapsed() >= CONNECT_POLL)
                 || Instant::now() >= give_up
-                || pm_status_ready(&self.pgdata);
+                || tokio::task::spawn_blocking(move || pm_status_ready(&pgdata))
+                    .await
+                    .unwrap_or(false);
             if due {
                 last_try = Some(Instant::now());
                 match self.connect_system().await {

@@ -34,7 +34,7 @@ use super::fetch::{MAX_FETCH_BLOCKS, Registered};
 use super::heat::{self, List};
 use super::state::lock;
 use crate::pagefs::data_key::ValueKind;
-use crate::pagefs::layout::{self, blocks_for};
+use crate::pagefs::layout;
 use crate::rpc::RpcError;
 
 /// Pages in the first batch; each next batch doubles, up to [`MAX_FETCH_BLOCKS`].
@@ -228,9 +228,7 @@ impl PageFs {
                 .iter()
                 .copied()
                 .filter(|&(ino, b)| {
-                    st.nodes
-                        .get(&ino)
-                        .is_some_and(|n| !n.is_dir() && !n.scratch && b < blocks_for(n.rec.size))
+                    st.stored_block(ino, b)
                         && !st.pages.contains_key(&(ino, b))
                         && !st.fetching.contains_key(&(ino, b))
                         && !self.cache.contains(ino, b)
@@ -287,11 +285,7 @@ impl PageFs {
                     .pages
                     .iter()
                     .copied()
-                    .filter(|&(ino, b)| {
-                        st.nodes
-                            .get(&ino)
-                            .is_some_and(|n| !n.is_dir() && b < blocks_for(n.rec.size))
-                    })
+                    .filter(|&(ino, b)| st.stored_block(ino, b))
                     .collect(),
                 startup: previous.startup,
             };

@@ -119,6 +119,14 @@ impl State {
         self.version
     }
 
+    /// Whether block `b` of `ino` is a page the page store may hold: `ino` is a file that
+    /// still exists, is not scratch, and reaches that block.
+    pub(super) fn stored_block(&self, ino: u64, b: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| {
+            !n.is_dir() && !n.scratch && b < crate::pagefs::layout::blocks_for(n.rec.size)
+        })
+    }
+
     pub(super) fn node(&self, ino: u64) -> Result<&Node, Errno> {
         self.nodes.get(&ino).ok_or(Errno::ENOENT)
     }
