@@ -14,6 +14,7 @@
 //! - [`compute`]: the state a compute is in, as a type, and what a client may see of it.
 //! - [`manager`]: wake and suspend, serialised per endpoint so concurrent wakes share one start.
 //! - [`steps`]: where the time of each wake went, step by step.
+//! - `warm_pool`: pagefs processes started ahead of wakes, tenant-free until handed a mount.
 //! - [`activity`]: the autosuspend monitor that polls `pg_stat_activity`.
 //! - [`reconcile`]: what a restarted manager does with computes a crashed one left behind.
 //! - [`api`]: the axum HTTP API with bearer-token auth and JSON errors.
@@ -34,6 +35,7 @@ pub mod steps;
 pub mod storage;
 pub mod tenant_keys;
 pub mod verifier;
+mod warm_pool;
 
 pub use error::{ErrorCode, ManagerError};
 pub use manager::{ComputeTls, Manager, ManagerOptions, WakeOutcome};

@@ -278,7 +278,11 @@ impl Manager {
         opts.data_dir = prepare_data_dir(&opts.data_dir, &user)?;
         let catalog = Catalog::open(&opts.data_dir.join("catalog.db"))?;
         reconcile::reconcile(&opts.data_dir, &catalog, opts.compute.stop_timeout.get()).await?;
-        let storage = opts.page_store.clone().map(Storage::new).transpose()?;
+        let storage = opts
+            .page_store
+            .clone()
+            .map(|p| Storage::new(p, &opts.data_dir))
+            .transpose()?;
         let keys = opts.keys.as_ref().map(TenantKeys::open).transpose()?;
         tracing::info!(
             data_dir = %opts.data_dir.display(),
@@ -454,6 +458,9 @@ impl Manager {
         }
         for (state, n) in counts {
             metrics::gauge!("lakebed_computes", "state" => state).set(n);
+        }
+        if let Some(storage) = &self.inner.storage {
+            metrics::gauge!("lakebed_warm_pool_members").set(storage.pool_members() as f64);
         }
     }
 
@@ -777,6 +784,8 @@ impl Manager {
                     .await?;
                 steps.mount_ms = lap.lap();
                 steps.pagefs = fs.steps;
+                steps.pooled = fs.origin.pooled;
+                steps.dead_pool_members = fs.origin.dead_members;
                 Some(fs)
             }
             None => {
@@ -1216,9 +1225,14 @@ impl Manager {
         }))
     }
 
-    /// Stops taking work and suspends every compute. Returns when no postmaster is left.
+    /// Stops taking work, kills the warm pool's pagefs processes and suspends every compute.
+    /// Returns when no postmaster and no pagefs is left.
     pub async fn shutdown(&self) {
         self.inner.closing.cancel();
+        // First: no member is started or handed out from here on.
+        if let Some(storage) = &self.inner.storage {
+            storage.close_pool().await;
+        }
         let mut stops = tokio::task::JoinSet::new();
         for (name, slot) in self.slots() {
             let this = self.clone();

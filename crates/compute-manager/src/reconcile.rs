@@ -4,7 +4,8 @@
 //! process groups) and perhaps an initdb scratch directory. On start, before serving anything,
 //! the manager stops every postmaster it finds in an endpoint's PGDATA (fast shutdown, then
 //! immediate, then SIGKILL), detaches pagefs mounts (their orphaned pagefs then flushes and
-//! exits) and removes their local files, removes scratch and socket directories, and removes the
+//! exits) and removes their local files (warm pool members, which hold nothing, exited when
+//! their standard input closed with the manager), removes scratch and socket directories, and removes the
 //! directories of endpoints no longer in the catalog (a delete that crashed half-way).
 //! Stopping rather than adopting keeps one rule: a compute runs only as a child of the
 //! manager that tracks it. The next wake starts it again, with crash recovery if needed.
@@ -48,7 +49,13 @@ pub async fn reconcile(
             // pagefs may not reach it any more (a page store embedded in the dead manager),
             // so a graceful shutdown could hang on its fsyncs. Kill both; the next wake runs
             // crash recovery on a fresh mount with a newer generation.
-            for pid in processes_with_arg(&dir.pgdata()) {
+            let mut pids = processes_with_arg(&dir.pgdata());
+            for pid in crate::storage::pagefs_serving(&dir.pgdata()) {
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+            for pid in pids {
                 tracing::warn!(endpoint = %name, pid, "killing a compute process left by a previous manager");
                 // Each leads its own process group; backends are each in their own and are
                 // found by their working directory below.

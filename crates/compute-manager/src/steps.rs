@@ -17,8 +17,15 @@ pub struct WakeSteps {
     /// Finding the endpoint's timeline in the page store (branching it from the template
     /// at its first boot).
     pub timeline_ms: u64,
-    /// Starting pagefs until its mount is live.
+    /// Starting pagefs (or handing a warm pool member its mount) until the mount is live.
     pub mount_ms: u64,
+    /// Whether the pagefs was a warm pool member (`compute.warm_pool`); `false`: started
+    /// for this wake (pool off, empty, or its members dead).
+    #[serde(default)]
+    pub pooled: bool,
+    /// Warm pool members found dead at this wake, replaced and never handed out.
+    #[serde(default)]
+    pub dead_pool_members: u32,
     /// pagefs's own account of the mount, when on the page store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pagefs: Option<PagefsSteps>,
@@ -46,11 +53,22 @@ impl WakeSteps {
             "key unwrap {} ms, timeline {} ms, mount {} ms",
             self.key_unwrap_ms, self.timeline_ms, self.mount_ms
         );
+        let mut notes = Vec::new();
         if let Some(p) = &self.pagefs {
-            out.push_str(&format!(
-                " (acquire {}, load {}, fuse {})",
+            notes.push(if self.pooled { "pooled" } else { "spawned" }.to_owned());
+            notes.push(format!(
+                "acquire {}, load {}, fuse {}",
                 p.acquire_ms, p.load_ms, p.fuse_ms
             ));
+        }
+        if self.dead_pool_members > 0 {
+            notes.push(format!(
+                "{} dead pool member(s) replaced",
+                self.dead_pool_members
+            ));
+        }
+        if !notes.is_empty() {
+            out.push_str(&format!(" ({})", notes.join("; ")));
         }
         out.push_str(&format!(
             ", postgres start {} ms, roles {} ms",

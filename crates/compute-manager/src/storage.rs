@@ -7,8 +7,10 @@
 //!   again. An endpoint's timeline is a copy-on-write branch of the template made at its first
 //!   wake: O(1) in the page store, whatever the template's size.
 //! - **Mount.** At each wake: stale mounts and local files of an earlier compute are cleared,
-//!   then `lakebed pagefs` is started (its own process group), which acquires the timeline's
-//!   next generation (fencing out any older compute), mounts, and prints `ready GENERATION`.
+//!   then a `lakebed pagefs` (its own process group) is taken from the warm pool
+//!   ([`crate::warm_pool`]), or started if the pool has none, and handed its assignment: the
+//!   mount and the tenant's keys. It acquires the timeline's next generation (fencing out
+//!   any older compute), mounts, and prints `ready GENERATION`.
 //! - **Unmount.** At suspend, after Postgres stopped: SIGTERM, on which pagefs unmounts,
 //!   flushes, and deletes its cache and scratch files. If it does not exit within the grace
 //!   period it is killed and the mount detached; nothing of the endpoint is left locally
@@ -24,15 +26,15 @@ use lakebed_pageserver_client::{
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::timeout;
 
 use crate::ManagerError;
 use crate::postgres::{EndpointDir, OsUser, PgInstall, remove_dir_if_exists};
 use crate::steps::PagefsSteps;
 use crate::tenant_keys::UnwrappedKeys;
-use zeroize::Zeroizing;
+use crate::warm_pool::{HandedOff, Launcher, Member, WarmPool};
+use lakebed_pageserver_client::pagefs::launch::{AssignedKeys, Assignment, WAITING};
 
 /// Key written into a template timeline once initdb on it succeeded. Outside pagefs's key
 /// space (`i`, `d`, `p` prefixes), so pagefs never sees it.
@@ -53,12 +55,16 @@ pub struct PageStoreOptions {
     pub io_timeout: Duration,
     /// Whether pagefs prewarms its cache at mount (`compute.prewarm`).
     pub prewarm: bool,
+    /// pagefs processes kept started ahead of wakes (`compute.warm_pool`); 0: none.
+    pub warm_pool: usize,
 }
 
 /// The manager's handle on the page store.
 pub(crate) struct Storage {
     opts: PageStoreOptions,
     client: PageStoreClient,
+    /// pagefs processes started ahead, and the launcher of all of them.
+    pool: WarmPool,
     /// Templates known to be complete, by name; the lock serialises their builds.
     templates: tokio::sync::Mutex<std::collections::HashMap<String, TimelineId>>,
 }
@@ -173,6 +179,8 @@ pub(crate) struct Pagefs {
     pub(crate) stats: std::sync::Arc<std::sync::Mutex<PagefsStats>>,
     /// Its account of the mount, if its `ready` line had one.
     pub(crate) steps: Option<PagefsSteps>,
+    /// Whether it came from the warm pool.
+    pub(crate) origin: PagefsOrigin,
     /// Its standard input, until [`Pagefs::compute_active`] says the compute is up.
     stdin: Option<tokio::process::ChildStdin>,
     /// Whether a finished re-seal was already handed out by [`Pagefs::finished_reseal`].
@@ -183,7 +191,9 @@ pub(crate) struct Pagefs {
 }
 
 impl Storage {
-    pub(crate) fn new(opts: PageStoreOptions) -> Result<Self, ManagerError> {
+    /// The page store's handle, with the warm pool of pagefs processes (members live in
+    /// `data_dir`) filling from now on.
+    pub(crate) fn new(opts: PageStoreOptions, data_dir: &Path) -> Result<Self, ManagerError> {
         let mut o = ClientOptions::new(opts.url.clone());
         o.total_timeout = opts.io_timeout;
         if let Some(ca) = &opts.ca_file {
@@ -195,9 +205,11 @@ impl Storage {
         }
         let client = PageStoreClient::new(o)
             .map_err(|e| ManagerError::InvalidInput(format!("compute.pageserver_url: {e}")))?;
+        let pool = WarmPool::start(Launcher::new(opts.clone(), data_dir)?, opts.warm_pool);
         Ok(Self {
             opts,
             client,
+            pool,
             templates: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
@@ -289,7 +301,8 @@ impl Storage {
             let dir = data_dir.join("template");
             let _ = remove_dir_if_exists(&dir);
             std::fs::create_dir_all(&dir).map_err(ManagerError::io(&dir))?;
-            let input = keys.map(|k| k.pagefs_input(&[name.as_str()]));
+            let input = keys.map(|k| k.pagefs_keys(&[name.as_str()]));
+            // Not from the pool: a template is made once, and the pool is for wakes.
             let mut fs = self
                 .mount(
                     &name,
@@ -301,6 +314,7 @@ impl Storage {
                     },
                     user,
                     input,
+                    false,
                 )
                 .await?;
             let made =
@@ -365,7 +379,7 @@ impl Storage {
             .parse()
             .map_err(|e| storage_error(endpoint, "timeline id", e))?;
         let lineage: Vec<&str> = lineage.iter().map(String::as_str).collect();
-        let input = keys.map(|k| k.pagefs_input(&lineage));
+        let input = keys.map(|k| k.pagefs_keys(&lineage));
         self.mount(
             endpoint,
             &id,
@@ -376,17 +390,49 @@ impl Storage {
             },
             user,
             input,
+            true,
         )
         .await
     }
 
+    /// Live members of the warm pool now.
+    pub(crate) fn pool_members(&self) -> usize {
+        self.pool.live_members()
+    }
+
+    /// Kills the warm pool's members and stops its refill.
+    pub(crate) async fn close_pool(&self) {
+        self.pool.close().await;
+    }
+
+    /// A pagefs waiting for its assignment: from the pool if `from_pool` (a wake), else (or
+    /// if the pool has none) started now. Counts the hand-off's outcome for a wake.
+    async fn waiting_pagefs(
+        &self,
+        from_pool: bool,
+        origin: &mut PagefsOrigin,
+    ) -> Result<(Member, bool), ManagerError> {
+        if from_pool {
+            let taken = self.pool.take().await;
+            origin.dead_members += taken.dead;
+            metrics::counter!("lakebed_warm_pool_handoffs_total", "outcome" => "dead")
+                .increment(u64::from(taken.dead));
+            if let Some(member) = taken.member {
+                return Ok((member, true));
+            }
+        }
+        Ok((self.pool.launcher().spawn(None)?, false))
+    }
+
+    #[allow(clippy::too_many_arguments)] // two call sites, each argument a different thing
     async fn mount(
         &self,
         endpoint: &str,
         timeline: &TimelineId,
         at: MountAt<'_>,
         user: &OsUser,
-        keys_input: Option<Zeroizing<String>>,
+        keys: Option<AssignedKeys>,
+        from_pool: bool,
     ) -> Result<Pagefs, ManagerError> {
         let MountAt {
             mountpoint,
@@ -395,78 +441,76 @@ impl Storage {
         } = at;
         prepare_mountpoint(mountpoint, local_dir)?;
         std::fs::create_dir_all(mountpoint).map_err(ManagerError::io(mountpoint))?;
-        let log = private_file(log_file)?;
-        let mut cmd = Command::new(&self.opts.pagefs_bin);
-        cmd.arg("pagefs")
-            .arg("--mountpoint")
-            .arg(mountpoint)
-            .args([
-                "--pageserver",
-                &self.opts.url,
-                "--timeline",
-                timeline.as_str(),
-            ])
-            .arg("--local-dir")
-            .arg(local_dir)
-            .args(["--cache-mib", &self.opts.cache_mib.to_string()])
-            .args([
-                "--uid",
-                &user.uid.to_string(),
-                "--gid",
-                &user.gid.to_string(),
-            ])
-            .arg("--io-timeout")
-            .arg(humantime::format_duration(self.opts.io_timeout).to_string());
-        if let Some(ca) = &self.opts.ca_file {
-            cmd.arg("--pageserver-ca").arg(ca);
-        }
-        if keys_input.is_some() {
-            cmd.arg("--keys-from-stdin");
-        }
-        if !self.opts.prewarm {
-            cmd.arg("--no-prewarm");
-        }
-        // Nothing of the manager's environment but PATH and the OpenTelemetry settings, plus
-        // the current span's trace context, so pagefs's mount is a step of this wake's trace.
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("OTEL_")));
-        lakebed_telemetry::inject(&tracing::Span::current(), |name, value| {
-            cmd.env(name.to_ascii_uppercase(), value);
-        });
-        // Standard input carries the keys, then `active` (see `Pagefs::compute_active`).
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(false);
-        let mut child = cmd
-            .spawn()
-            .map_err(ManagerError::io(&self.opts.pagefs_bin))?;
-        // The DEKs go over a pipe only this child holds; the text is zeroized when dropped.
-        let mut stdin = child.stdin.take();
-        if let (Some(text), Some(pipe)) = (keys_input, stdin.as_mut()) {
-            use tokio::io::AsyncWriteExt;
-            if let Err(e) = pipe.write_all(text.as_bytes()).await {
-                tracing::warn!(endpoint, error = %e, "could not hand the keys to pagefs");
-            }
-        }
-        let mut lines = BufReader::new(
-            child
-                .stdout
-                .take()
-                .ok_or_else(|| storage_error(endpoint, "pagefs", "no stdout"))?,
-        )
-        .lines();
-        let ready = timeout(
-            self.opts.io_timeout + Duration::from_secs(10),
-            lines.next_line(),
-        )
-        .await;
-        let ready = match ready {
-            Ok(Ok(Some(line))) => parse_ready(&line),
-            _ => None,
+        let mut assignment = Assignment {
+            mountpoint: mountpoint.to_owned(),
+            timeline: timeline.clone(),
+            local_dir: local_dir.to_owned(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            cache_mib: self.opts.cache_mib,
+            io_timeout: self.opts.io_timeout,
+            prewarm: self.opts.prewarm,
+            trace: Vec::new(),
+            keys,
         };
+        // The current span's trace context, so pagefs's mount is a step of this wake's trace.
+        lakebed_telemetry::inject(&tracing::Span::current(), |name, value| {
+            assignment.trace.push((name.to_owned(), value));
+        });
+        // The DEKs go over a pipe only this child holds; the text is zeroized when dropped.
+        let message = assignment
+            .encode()
+            .map_err(|e| storage_error(endpoint, "pagefs assignment", e))?;
+        drop(assignment);
+        let mut origin = PagefsOrigin::default();
+        let handed = loop {
+            let (mut member, pooled) = self.waiting_pagefs(from_pool, &mut origin).await?;
+            // This compute's log from here on; the open file follows the rename.
+            member.move_log(log_file);
+            match member.hand_off(&message).await {
+                Ok(handed) => {
+                    origin.pooled = pooled;
+                    if from_pool {
+                        let outcome = if pooled { "pooled" } else { "spawned" };
+                        metrics::counter!("lakebed_warm_pool_handoffs_total", "outcome" => outcome)
+                            .increment(1);
+                    }
+                    break handed;
+                }
+                // Died between the check and the hand-off: as dead, and the next one.
+                Err((member, e)) if pooled => {
+                    tracing::warn!(endpoint, error = %e, "a warm pool member died at hand-off; replacing it");
+                    origin.dead_members += 1;
+                    metrics::counter!("lakebed_warm_pool_handoffs_total", "outcome" => "dead")
+                        .increment(1);
+                    member.discard().await;
+                }
+                Err((member, e)) => {
+                    member.discard().await;
+                    detach(mountpoint);
+                    let _ = remove_dir_if_exists(local_dir);
+                    return Err(storage_error(endpoint, "handing pagefs its mount", e));
+                }
+            }
+        };
+        let HandedOff {
+            mut child,
+            stdin,
+            stdout: mut lines,
+        } = handed;
+        let ready = timeout(self.opts.io_timeout + Duration::from_secs(10), async {
+            loop {
+                match lines.next_line().await {
+                    // A member started for this wake says it first.
+                    Ok(Some(line)) if line == WAITING => continue,
+                    Ok(Some(line)) => return parse_ready(&line),
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
         let Some((generation, steps)) = ready else {
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -479,6 +523,7 @@ impl Storage {
                 log_tail: crate::postgres::tail_lines(&text, 10),
             });
         };
+        let stdin = Some(stdin);
         let stats = std::sync::Arc::new(std::sync::Mutex::new(PagefsStats::default()));
         let latest = stats.clone();
         // Reads the reports until pagefs exits (a closed pipe would kill it).
@@ -498,10 +543,11 @@ impl Storage {
                 }
             }
         });
-        tracing::info!(endpoint, %timeline, generation, "pagefs mounted");
+        tracing::info!(endpoint, %timeline, generation, pooled = origin.pooled, "pagefs mounted");
         Ok(Pagefs {
             stats,
             steps,
+            origin,
             stdin,
             reseal_seen: false,
             child,
@@ -509,6 +555,15 @@ impl Storage {
             local_dir: local_dir.to_owned(),
         })
     }
+}
+
+/// Where a compute's pagefs came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PagefsOrigin {
+    /// Taken from the warm pool (else started for this mount).
+    pub(crate) pooled: bool,
+    /// Pool members found dead (and replaced) before it.
+    pub(crate) dead_members: u32,
 }
 
 /// Parses pagefs's `ready GENERATION {STEPS}` line (the steps are optional).
@@ -592,6 +647,27 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(&*target))
 }
 
+/// Pids of the `lakebed pagefs` processes serving `mountpoint`: named in their argv
+/// (`--mountpoint`), or, handed their mount as an assignment (argv names none), working in
+/// its parent directory, the compute's (see `lakebed pagefs`).
+pub fn pagefs_serving(mountpoint: &Path) -> Vec<i32> {
+    let want = mountpoint.as_os_str().as_encoded_bytes();
+    crate::postgres::processes_where(|proc_dir| {
+        let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
+            return false;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if !argv.contains(&&b"pagefs"[..]) {
+            return false;
+        }
+        argv.windows(2)
+            .any(|w| w[0] == b"--mountpoint" && w[1] == want)
+            || (argv.contains(&&b"--assignment-from-stdin"[..])
+                && std::fs::read_link(proc_dir.join("cwd"))
+                    .is_ok_and(|cwd| Some(cwd.as_path()) == mountpoint.parent()))
+    })
+}
+
 /// Detaches a mount at `path` if there is one (`umount -l`: also works on a dead FUSE mount).
 pub fn detach(path: &Path) {
     if is_mounted(path) {
@@ -628,7 +704,8 @@ fn prepare_mountpoint(mountpoint: &Path, local_dir: &Path) -> Result<(), Manager
     Ok(())
 }
 
-fn private_file(path: &Path) -> Result<std::fs::File, ManagerError> {
+/// Creates (or truncates) `path` with mode 0600: a log only the manager reads.
+pub(crate) fn private_file(path: &Path) -> Result<std::fs::File, ManagerError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)

@@ -34,6 +34,7 @@ use lakebed_keys::{
     AuditEvent, AuditLog, AuditOperation, Dek, EncryptionContext, KmsError, KmsProvider,
     RotateOutcome, WrappedDek,
 };
+use lakebed_pageserver_client::pagefs::launch::AssignedKeys;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -73,22 +74,18 @@ pub(crate) struct UnwrappedKeys {
 }
 
 impl UnwrappedKeys {
-    /// The lines pagefs reads from its standard input (`--keys-from-stdin`) for a mount on
-    /// `lineage` (its own timeline first).
-    pub(crate) fn pagefs_input(&self, lineage: &[&str]) -> Zeroizing<String> {
-        use base64::Engine;
-        let mut text = Zeroizing::new(format!(
-            "tenant {}\nlineage {}\n",
-            self.tenant,
-            lineage.join(" ")
-        ));
-        for (version, dek) in &self.deks {
-            let b64 =
-                Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(dek.as_bytes()));
-            text.push_str(&format!("dek {version} {}\n", b64.as_str()));
+    /// The keys pagefs is handed for a mount on `lineage` (its own timeline first): the
+    /// DEK bytes copied into buffers zeroized on drop.
+    pub(crate) fn pagefs_keys(&self, lineage: &[&str]) -> AssignedKeys {
+        AssignedKeys {
+            tenant: self.tenant.clone(),
+            lineage: lineage.iter().map(|t| (*t).to_owned()).collect(),
+            deks: self
+                .deks
+                .iter()
+                .map(|(version, dek)| (*version, Zeroizing::new(*dek.as_bytes())))
+                .collect(),
         }
-        text.push_str("end\n");
-        text
     }
 }
 

@@ -22,7 +22,7 @@ mod pool;
 pub use duration::{DurationError, HumanDuration, MAX_DURATION, SuspendTimeout, parse_duration};
 pub use load::{
     ComputeConfig, Config, ConfigError, EndpointConfig, KeysConfig, KmsProviderKind, LogConfig,
-    LogFormat, ManagerConfig, PageServerConfig, PortRange, ProxyConfig,
+    LogFormat, MAX_WARM_POOL, ManagerConfig, PageServerConfig, PortRange, ProxyConfig,
 };
 pub use names::{EndpointName, NameError, RoleName, TenantName};
 pub use policy::{AutosuspendPolicy, KeepWarmWindow, WindowError};

@@ -56,6 +56,10 @@ const DEFAULT_PAGESERVER_CACHE_MIB: u64 = 256;
 /// would force a flush every few megabytes written.
 const MIN_PAGESERVER_CACHE_MIB: u64 = 16;
 
+/// Largest allowed [`ComputeConfig::warm_pool`]: each member is a process kept running for a
+/// wake that may never come, and a handful covers any burst of wakes a host can start.
+pub const MAX_WARM_POOL: u32 = 16;
+
 /// Largest allowed `cache_mib` (page store and compute): 1 TiB. Past it no machine has the
 /// memory or disk, and the byte count would overflow.
 const MAX_CACHE_MIB: u64 = 1 << 20;
@@ -127,6 +131,7 @@ impl std::error::Error for ConfigError {}
 /// start_timeout = "60s"
 /// stop_timeout = "30s"
 /// prewarm = true
+/// warm_pool = 1
 ///
 /// [pageserver]
 /// listen = "127.0.0.1:6434"
@@ -239,6 +244,11 @@ pub struct ComputeConfig {
     /// at warm speed (the list of pages, no data, is written at suspend, sealed under the
     /// tenant's DEK). Default `true`.
     pub prewarm: bool,
+    /// How many pagefs processes the compute manager keeps started ahead, each waiting for
+    /// the mount of the next wake (tenant-free until then: no key, timeline or data), so a
+    /// wake does not pay for starting one. Each is used once. Default `1`; `0` disables
+    /// the pool; at most [`MAX_WARM_POOL`].
+    pub warm_pool: u32,
 }
 
 impl Default for ComputeConfig {
@@ -254,6 +264,7 @@ impl Default for ComputeConfig {
             cache_mib: 1024,
             io_timeout: HumanDuration(Duration::from_secs(60)),
             prewarm: true,
+            warm_pool: 1,
         }
     }
 }
@@ -835,6 +846,12 @@ impl Config {
         }
         if c.cache_mib == 0 {
             return fail("compute.cache_mib", "must be at least 1".to_owned());
+        }
+        if c.warm_pool > MAX_WARM_POOL {
+            return fail(
+                "compute.warm_pool",
+                format!("{} is too large: at most {MAX_WARM_POOL}", c.warm_pool),
+            );
         }
         if let Some(url) = &c.pageserver_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -1551,6 +1568,37 @@ mod tests {
             (
                 "[endpoints.main]\nsuspend_timeout = \"500ms\"",
                 "lakebed.toml: endpoints.main.suspend_timeout: \"500ms\" is too short: suspend_timeout must be at least 1s, or \"never\"",
+            ),
+        ];
+        for (toml, want) in cases {
+            let err = Config::from_toml_str("lakebed.toml", toml).unwrap_err();
+            assert_eq!(err.to_string(), want, "toml {toml:?}");
+        }
+    }
+
+    #[test]
+    fn warm_pool_defaults_to_one_and_bad_values_name_the_key() {
+        assert_eq!(Config::default().compute.warm_pool, 1);
+        let off = Config::from_toml_str("lakebed.toml", "[compute]\nwarm_pool = 0").unwrap();
+        assert_eq!(off.compute.warm_pool, 0);
+        let most = Config::from_toml_str("lakebed.toml", "[compute]\nwarm_pool = 16").unwrap();
+        assert_eq!(most.compute.warm_pool, MAX_WARM_POOL);
+        let cases = [
+            (
+                "[compute]\nwarm_pool = 17",
+                "lakebed.toml: compute.warm_pool: 17 is too large: at most 16",
+            ),
+            (
+                "[compute]\nwarm_pool = -1",
+                "lakebed.toml: compute.warm_pool: expected u32, found integer -1",
+            ),
+            (
+                "[compute]\nwarm_pool = \"many\"",
+                "lakebed.toml: compute.warm_pool: expected u32, found string \"many\"",
+            ),
+            (
+                "[compute]\nwarm_pool = true",
+                "lakebed.toml: compute.warm_pool: expected u32, found boolean true",
             ),
         ];
         for (toml, want) in cases {

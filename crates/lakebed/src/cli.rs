@@ -100,12 +100,17 @@ pub enum PageserverCommand {
     },
 }
 
-/// `lakebed pagefs`: what to mount where. Nothing secret is passed here.
+/// `lakebed pagefs`: what to mount where (or, with `--assignment-from-stdin`, only which
+/// page store: the rest comes over standard input). Nothing secret is passed here.
 #[derive(Debug, Args)]
 pub struct PagefsArgs {
     /// Directory to mount on (must exist and be empty).
-    #[arg(long, value_name = "DIR")]
-    pub mountpoint: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "assignment_from_stdin"
+    )]
+    pub mountpoint: Option<PathBuf>,
     /// The page store's URL, e.g. http://127.0.0.1:6434.
     #[arg(long, value_name = "URL")]
     pub pageserver: String,
@@ -113,20 +118,24 @@ pub struct PagefsArgs {
     #[arg(long, value_name = "FILE")]
     pub pageserver_ca: Option<PathBuf>,
     /// The timeline to serve.
-    #[arg(long)]
-    pub timeline: String,
+    #[arg(long, required_unless_present = "assignment_from_stdin")]
+    pub timeline: Option<String>,
     /// Local directory for the sealed cache and scratch files (removed at unmount).
-    #[arg(long, value_name = "DIR")]
-    pub local_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "assignment_from_stdin"
+    )]
+    pub local_dir: Option<PathBuf>,
     /// Local cache size in MiB.
     #[arg(long, default_value_t = 1024)]
     pub cache_mib: u64,
     /// Owner of every file.
-    #[arg(long)]
-    pub uid: u32,
+    #[arg(long, required_unless_present = "assignment_from_stdin")]
+    pub uid: Option<u32>,
     /// Group of every file.
-    #[arg(long)]
-    pub gid: u32,
+    #[arg(long, required_unless_present = "assignment_from_stdin")]
+    pub gid: Option<u32>,
     /// How long reads and fsyncs wait for an unreachable page store before failing with
     /// EIO, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = lakebed_config::parse_duration)]
@@ -138,6 +147,14 @@ pub struct PagefsArgs {
     /// Do not fetch the pages the previous compute read at mount (compute.prewarm = false).
     #[arg(long)]
     pub no_prewarm: bool,
+    /// Start ahead of the mount (a warm pool member): do only what needs no tenant, print
+    /// `waiting`, then read the whole mount, keys included, from standard input as one
+    /// assignment (see `lakebed_pageserver_client::pagefs::launch`).
+    #[arg(
+        long,
+        conflicts_with_all = ["mountpoint", "timeline", "local_dir", "uid", "gid", "keys_from_stdin", "no_prewarm"]
+    )]
+    pub assignment_from_stdin: bool,
 }
 
 /// `lakebed tenant ...`

@@ -92,6 +92,7 @@ async fn serve(config: Config) -> Result<()> {
         cache_mib: config.compute.cache_mib,
         io_timeout: config.compute.io_timeout.get(),
         prewarm: config.compute.prewarm,
+        warm_pool: config.compute.warm_pool as usize,
     });
     let manager = Manager::open(manager_opts).await?;
     let data_dir = manager.data_dir().to_path_buf();

@@ -10,7 +10,8 @@
 //! - [`LakebedUp`], [`lakebed`]: the binary, as `lakebed up` (killed on drop) and as CLI
 //!   commands run to completion.
 //! - [`PageServerProcess`]: `lakebed pageserver` on a free port, killed on drop.
-//! - [`postmasters_serving`], [`pagefs_serving`], [`process_alive`]: what `/proc` says runs.
+//! - [`postmasters_serving`], [`pagefs_serving`], [`pagefs_under`], [`process_alive`]: what
+//!   `/proc` says runs.
 //! - [`Stack`] ([`stack`]): a `lakebed up` with the proxy and pool tests' helpers.
 //! - [`clients`]: `psql`/`pgbench`, tokio-postgres (plain, rustls, watched), polling.
 //! - [`wire`]: the wire protocol by hand, and [`RawClient`] that logs in with SCRAM.
@@ -131,14 +132,8 @@ impl Drop for DataDir {
         for pid in backends {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        for (pid, argv) in processes() {
-            let pagefs_here = argv.iter().any(|a| a == "pagefs")
-                && argv
-                    .windows(2)
-                    .any(|w| w[0] == "--mountpoint" && Path::new(&w[1]).starts_with(&self.path));
-            if pagefs_here {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
+        for pid in pagefs_under(&self.path) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         for target in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
@@ -193,16 +188,30 @@ pub fn postmasters_under(data_dir: &Path) -> Vec<u32> {
     postgres_with_datadir(|d| d.starts_with(data_dir))
 }
 
-/// The pid of the `lakebed pagefs` mounted on `mountpoint` (found by its `--mountpoint`
-/// argument), if one runs.
+/// The pid of the `lakebed pagefs` mounted on `mountpoint`, if one runs: found by its
+/// `--mountpoint` argument, or (handed its mount as an assignment, as the compute manager
+/// does) by its working directory, the mount point's parent.
 pub fn pagefs_serving(mountpoint: &Path) -> Option<u32> {
-    processes().into_iter().find_map(|(pid, argv)| {
-        let serves = argv.iter().any(|a| a == "pagefs")
-            && argv
-                .windows(2)
-                .any(|w| w[0] == "--mountpoint" && Path::new(&w[1]) == mountpoint);
-        serves.then_some(pid)
-    })
+    lakebed_compute_manager::storage::pagefs_serving(mountpoint)
+        .first()
+        .map(|pid| *pid as u32)
+}
+
+/// Pids of the `lakebed pagefs` processes of `data_dir`: mounted under it (by argument), or
+/// working in it (warm pool members, and pagefs handed their mount as an assignment).
+pub fn pagefs_under(data_dir: &Path) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(pid, argv)| {
+            argv.iter().any(|a| a == "pagefs")
+                && (argv
+                    .windows(2)
+                    .any(|w| w[0] == "--mountpoint" && Path::new(&w[1]).starts_with(data_dir))
+                    || std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .is_ok_and(|cwd| cwd.starts_with(data_dir)))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// Whether `pid` is a live process (present in `/proc` and not a zombie).

@@ -5,12 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lakebed_tests::stack::Stack;
-use lakebed_tests::{DEADLINE, POLL_INTERVAL, contains_bytes, files_under, is_mounted};
+use lakebed_tests::{
+    DEADLINE, POLL_INTERVAL, contains_bytes, files_under, is_mounted, pagefs_serving,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::timeout;
@@ -75,18 +77,6 @@ async fn rows_survive_a_suspend_and_nothing_readable_stays_on_the_compute() {
     assert_eq!(n, 5000);
 }
 
-/// The pid of the pagefs serving `mountpoint`.
-fn pagefs_pid(mountpoint: &Path) -> Option<i32> {
-    let want = mountpoint.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let serves = args.iter().any(|a| *a == b"pagefs") && args.contains(&want.as_bytes());
-        serves.then_some(pid)
-    })
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Victim {
     Postgres,
@@ -129,8 +119,9 @@ async fn kill_9_of_postgres_or_pagefs_loses_no_acknowledged_commit() {
         .unwrap_or_else(|_| panic!("round {round}: the workload made no progress"));
         let pid = match victim {
             Victim::Postgres => stack.show("main").await["compute"]["pid"].as_i64().unwrap() as i32,
-            Victim::Pagefs => pagefs_pid(&ep.join("pgdata").canonicalize().unwrap())
-                .unwrap_or_else(|| panic!("round {round}: no pagefs process")),
+            Victim::Pagefs => pagefs_serving(&ep.join("pgdata").canonicalize().unwrap())
+                .unwrap_or_else(|| panic!("round {round}: no pagefs process"))
+                as i32,
         };
         kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
         for c in clients {

@@ -12,6 +12,7 @@
 //! - [`store`]: the page store calls pagefs makes, behind a trait (a seam for tests).
 //! - [`cache`]: the sealed local cache and scratch files; [`seal`]: the per-boot key.
 //! - [`fuse`]: the FUSE request handlers.
+//! - [`launch`]: the assignment a pagefs started ahead (a warm pool member) is handed.
 //!
 //! Why fuser: a maintained pure-Rust FUSE implementation (no libfuse needed when mounting as
 //! root), whose 0.18 handlers take `&self` and run on several threads, and whose replies can be
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod data_key;
 pub mod fs;
 pub mod fuse;
+pub mod launch;
 pub mod layout;
 pub mod seal;
 pub mod store;
