@@ -686,7 +686,13 @@ impl Manager {
         let endpoint = self.inner.catalog.endpoint(name)?;
         slot.publish(ComputeState::Starting, None, None);
         let mut steps = WakeSteps::default();
-        match self.boot(&endpoint, slot, &mut steps).await {
+        let booted = self.boot(&endpoint, slot, &mut steps).await;
+        // The pool member this boot may have taken is replaced now that the boot is over,
+        // so the new process does not compete with it for the CPU.
+        if let Some(storage) = &self.inner.storage {
+            storage.refill_pool();
+        }
+        match booted {
             Ok(run) => {
                 let cold_start = requested.elapsed();
                 metrics::counter!("lakebed_wake_requests_total", "outcome" => "cold").increment(1);

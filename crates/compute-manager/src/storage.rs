@@ -400,6 +400,11 @@ impl Storage {
         self.pool.live_members()
     }
 
+    /// Cues the warm pool's refill in the background (once a wake is over).
+    pub(crate) fn refill_pool(&self) {
+        self.pool.refill_soon();
+    }
+
     /// Kills the warm pool's members and stops its refill.
     pub(crate) async fn close_pool(&self) {
         self.pool.close().await;

@@ -13,8 +13,10 @@
 //! - **Dead members.** A member that exited (checked with `try_wait` when taken, or found
 //!   when its hand-off write fails) is counted, reaped and never handed out; the wake takes
 //!   the next one, or starts a pagefs of its own.
-//! - **Refill.** After each take a background task starts members until the pool is full
-//!   again; the wake never waits for it.
+//! - **Refill.** Once the wake that took a member is over (served or failed), a background
+//!   task starts members until the pool is full again: not during the wake, where a process
+//!   start would take CPU from the mount and Postgres's start on a small host, and the wake
+//!   never waits for it.
 //! - **Shutdown.** [`WarmPool::close`] stops the refill and kills every member (none holds
 //!   a mount or anything of a tenant). A member whose manager died sees its standard input
 //!   end and exits by itself.
@@ -229,7 +231,7 @@ struct Inner {
     launcher: Launcher,
     target: usize,
     members: Mutex<VecDeque<Member>>,
-    /// Woken after each take: the refill's cue.
+    /// The refill's cue ([`WarmPool::refill_soon`]).
     taken: Notify,
     closing: CancellationToken,
     refill: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -270,8 +272,9 @@ impl WarmPool {
         self.inner.refill.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the oldest live member out of the pool, discarding dead ones on the way, and
-    /// cues the refill. Never waits for a member to start.
+    /// Takes the oldest live member out of the pool, discarding dead ones on the way. Never
+    /// waits for a member to start; [`Self::refill_soon`] cues the refill once the wake is
+    /// over.
     pub(crate) async fn take(&self) -> Taken {
         let mut dead = Vec::new();
         let member = {
@@ -287,15 +290,18 @@ impl WarmPool {
             metrics::gauge!("lakebed_warm_pool_members").set(members.len() as f64);
             found
         };
-        if member.is_some() || !dead.is_empty() {
-            self.inner.taken.notify_one();
-        }
         let n = dead.len() as u32;
         for m in dead {
             tracing::warn!(pid = ?m.child.id(), log = %m.log_tail(), "a warm pool member died; replacing it");
             m.discard().await;
         }
         Taken { member, dead: n }
+    }
+
+    /// Cues the refill (after a wake): members are started in the background until the pool
+    /// is full. A no-op when it is full, or without a pool.
+    pub(crate) fn refill_soon(&self) {
+        self.inner.taken.notify_one();
     }
 
     /// Members that are alive now (the `lakebed_warm_pool_members` gauge).

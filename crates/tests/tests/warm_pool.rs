@@ -9,7 +9,9 @@ use std::path::Path;
 
 use lakebed_tests::prom::{get, scrape};
 use lakebed_tests::stack::Stack;
-use lakebed_tests::{DEADLINE, POLL_INTERVAL, pagefs_serving, pagefs_under, process_alive};
+use lakebed_tests::{
+    DEADLINE, POLL_INTERVAL, lakebed, pagefs_serving, pagefs_under, process_alive,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -259,4 +261,51 @@ async fn shutdown_leaves_no_pagefs_and_no_mount_behind() {
     }
     assert_eq!(pagefs_under(stack.dir.path()), Vec::<u32>::new());
     assert_eq!(mounts_under(stack.dir.path()), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_that_fails_after_the_hand_off_leaves_nothing_behind() {
+    let stack = Stack::start().await;
+    stack.wake("main").await;
+    stack.suspend("main").await;
+    // Postgres will refuse to start: the wake fails after pagefs was handed its mount.
+    stack
+        .edit_pgdata("main", |pgdata| {
+            let conf = pgdata.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str("this is not a setting\n");
+            std::fs::write(&conf, text).unwrap();
+        })
+        .await;
+    pool_members_become(&stack, 1.0).await;
+    let member = only_member(&stack);
+
+    let failed = lakebed(&stack.dir, &["endpoint", "wake", "main"])
+        .await
+        .err();
+    assert!(failed.contains("failed to start"), "{failed}");
+    let boot = stack.show("main").await["recent_boots"][0].clone();
+    assert_eq!(boot["steps"]["pooled"], true, "{boot:#}");
+    // The handed-off member is gone with its mount and local files; the pool has a new one.
+    assert!(
+        !process_alive(member),
+        "the failed wake's pagefs still runs"
+    );
+    assert_eq!(pagefs_serving(&stack.dir.pgdata("main")), None);
+    assert_eq!(mounts_under(stack.dir.path()), Vec::<String>::new());
+    assert!(!stack.dir.path().join("endpoints/main/local").exists());
+    pool_members_become(&stack, 1.0).await;
+    assert_ne!(only_member(&stack), member);
+
+    // Mended, the next wake serves, from the pool again.
+    stack
+        .edit_pgdata("main", |pgdata| {
+            let conf = pgdata.join("postgresql.conf");
+            let text = std::fs::read_to_string(&conf).unwrap();
+            std::fs::write(&conf, text.replace("this is not a setting\n", "")).unwrap();
+        })
+        .await;
+    stack.wake("main").await;
+    assert_eq!(last_steps(&stack).await["pooled"], true);
+    select_one(&stack).await;
 }
