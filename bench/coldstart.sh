@@ -6,9 +6,9 @@
 #            empty endpoint and then for main once it holds DATA_MB of data (each with the
 #            other suspended); p50 and p99, and the
 #            p50 of each step of the wake from the boot history (`recent_boots[].steps`:
-#            key unwrap, timeline, mount = pagefs's acquire + load + FUSE, postgres start,
-#            roles; "rest" is the wake's own overhead, "first row" the client's side: proxy,
-#            session start, query)
+#            key unwrap, timeline, mount = pagefs's acquire + load + FUSE (and how many
+#            wakes took a warm pool member), postgres start, roles; "rest" is the wake's
+#            own overhead, "first row" the client's side: proxy, session start, query)
 #   local    the anchor: the same client against a Postgres started on local disk (the same
 #            settings: max_connections 128), from the spawn to its first row, CYCLES times
 #   prewarm  pgbench -S (4 clients) through the proxy over the first PREWARM_SECS after a
@@ -102,7 +102,8 @@ s = b.get("steps") or {}
 p = s.get("pagefs") or {}
 keys = ("key_unwrap_ms", "timeline_ms", "mount_ms", "postgres_start_ms", "roles_ms")
 print("cold-" + ep, ms, b["cold_start_ms"], *(s.get(k, 0) for k in keys),
-      *(p.get(k, 0) for k in ("acquire_ms", "load_ms", "fuse_ms")))' "$1" "$ms" >>"$results"
+      *(p.get(k, 0) for k in ("acquire_ms", "load_ms", "fuse_ms")),
+      int(s.get("pooled", False)))' "$1" "$ms" >>"$results"
 }
 # Each endpoint on its own, the other suspended: a compute's background work (main's prewarm
 # of DATA_MB) would otherwise share the two cores with the other's wakes.
@@ -170,7 +171,8 @@ for ep, label in (("fresh", "empty"), (f"main", f"{data_mb} MB")):
     print(f"{label}: {len(r)} cycles, first row p50 {pct(client, 0.5):.0f} ms "
           f"(manager's cold start p50 {pct(server, 0.5):.0f} ms: "
           + ", ".join(parts)
-          + f" [pagefs: acquire {med(7):.0f}, load {med(8):.0f}, fuse {med(9):.0f}], rest {rest:.0f}; "
+          + f" [pagefs: acquire {med(7):.0f}, load {med(8):.0f}, fuse {med(9):.0f}; "
+          f"{sum(int(x[10]) for x in r)} of {len(r)} from the warm pool], rest {rest:.0f}; "
           f"then first row {first:.0f} ms)")
 print(f"local Postgres: {len(local)} starts, spawn to first row p50 {pct(local, 0.5):.0f} ms, "
       f"p99 {pct(local, 0.99):.0f} ms")
