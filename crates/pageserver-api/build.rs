@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // Values are 8 KiB pages and up: share the request buffer instead of copying.
         .bytes(".")
+        // prost's codec, but an answer's buffer is reserved at its full size (see codec.rs).
+        .codec_path("crate::codec::SizedCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

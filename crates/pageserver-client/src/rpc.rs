@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use lakebed_pageserver_api::http2;
 use lakebed_pageserver_api::limits::{MAX_BATCH_BYTES, MAX_MESSAGE_BYTES};
 use lakebed_pageserver_api::proto::error_detail::Reason;
 use lakebed_pageserver_api::proto::page_store_client::PageStoreClient as Stub;
@@ -669,7 +670,10 @@ fn endpoint(options: &ClientOptions) -> Result<Endpoint, RpcError> {
     let mut endpoint = Endpoint::from_shared(options.url.clone())
         .map_err(|e| RpcError::Config(format!("url {:?}: {e}", options.url)))?
         .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .initial_stream_window_size(http2::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(http2::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(http2::MAX_FRAME_BYTES);
     if let Some(tls) = &options.tls {
         let mut config =
             ClientTlsConfig::new().ca_certificate(Certificate::from_pem(tls.ca_pem.clone()));

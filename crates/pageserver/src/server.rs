@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use lakebed_pageserver_api::http2;
 use lakebed_pageserver_api::limits::MAX_MESSAGE_BYTES;
 use lakebed_pageserver_api::proto::page_store_server::PageStoreServer;
 use tokio::net::TcpListener;
@@ -99,7 +100,10 @@ impl PageServer {
     /// not writable, store locked by another process, ...), [`ServerError::Bind`].
     pub async fn bind(options: ServerOptions) -> Result<PageServer, ServerError> {
         let tls = options.tls.is_some();
-        let mut builder = Server::builder();
+        let mut builder = Server::builder()
+            .initial_stream_window_size(http2::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(http2::CONNECTION_WINDOW_BYTES)
+            .max_frame_size(http2::MAX_FRAME_BYTES);
         if let Some(tls) = options.tls {
             // tonic builds its rustls config with the process-wide default provider.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -353,14 +353,12 @@ impl PageStore for PageStoreService {
             let keys = req.keys;
             let at = req.at_seq.map(Seq);
             let (seq, values) = self.run(move |s| s.read(&id, &keys, at)).await?;
-            let bytes: usize = values.iter().flatten().map(Vec::len).sum();
+            let bytes: usize = values.iter().flatten().map(Bytes::len).sum();
             metrics::counter!("lakebed_pagestore_bytes_read_total").increment(bytes as u64);
             Ok(Response::new(ReadResponse {
                 values: values
                     .into_iter()
-                    .map(|value| MaybeValue {
-                        value: value.map(Bytes::from),
-                    })
+                    .map(|value| MaybeValue { value })
                     .collect(),
                 seq: seq.0,
             }))
@@ -432,10 +430,7 @@ impl PageStore for PageStoreService {
                 entries: result
                     .entries
                     .into_iter()
-                    .map(|(key, value)| Entry {
-                        key: Bytes::from(key),
-                        value: Bytes::from(value),
-                    })
+                    .map(|(key, value)| Entry { key, value })
                     .collect(),
                 more: result.more,
                 seq: result.seq.0,

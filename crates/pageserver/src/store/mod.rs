@@ -69,7 +69,7 @@ use layer::{BlockCache, Layer};
 use memtable::Memtable;
 
 /// Per key read: its value, or `None` if absent.
-pub type Values = Vec<Option<Vec<u8>>>;
+pub type Values = Vec<Option<Bytes>>;
 
 /// Deepest branch chain followed before the store is called corrupt.
 const MAX_CHAIN: usize = 10_000;
@@ -140,8 +140,9 @@ pub struct TimelineInfo {
 /// What [`Store::scan`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanResult {
-    /// Keys in ascending byte order with their values.
-    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys in ascending byte order with their values (slices of the blocks they were
+    /// read from: nothing is copied until the answer is encoded).
+    pub entries: Vec<(Bytes, Bytes)>,
     /// Whether the scan stopped at its limit with more keys possibly following: continue
     /// after the last key (at the same seq).
     pub more: bool,

@@ -164,7 +164,7 @@ pub fn read<K: AsRef<[u8]>>(
                  (MAX_RESPONSE_BYTES): read fewer keys at a time"
             )));
         }
-        values.push(value.map(|b| b.to_vec()));
+        values.push(value);
     }
     Ok((Seq(snap.seq), values))
 }
@@ -334,7 +334,7 @@ pub fn scan(
         }
         if let Some(Some(value)) = answer {
             bytes += value.len();
-            result.entries.push((key.to_vec(), value.to_vec()));
+            result.entries.push((key, value));
         }
     }
     Ok(result)

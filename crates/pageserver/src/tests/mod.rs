@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use bytes::Bytes;
 use lakebed_pageserver_api::limits::{
     MAX_BATCH_BYTES, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_READ_KEYS, MAX_VALUE_BYTES,
 };
@@ -48,7 +49,7 @@ fn read(store: &Store, id: &str, keys: &[&str], at: Option<u64>) -> Vec<Option<S
     let (_, values) = store.read(&tl(id), &keys, at.map(Seq)).unwrap();
     values
         .into_iter()
-        .map(|v| v.map(|v| String::from_utf8(v).unwrap()))
+        .map(|v| v.map(|v| String::from_utf8(v.to_vec()).unwrap()))
         .collect()
 }
 
@@ -66,8 +67,8 @@ fn strings(r: &ScanResult) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| {
             (
-                String::from_utf8(k.clone()).unwrap(),
-                String::from_utf8(v.clone()).unwrap(),
+                String::from_utf8(k.to_vec()).unwrap(),
+                String::from_utf8(v.to_vec()).unwrap(),
             )
         })
         .collect()
@@ -160,23 +161,23 @@ fn keys_that_are_prefixes_of_each_other_stay_apart() {
     let (_, values) = store.read(&tl("t"), &keys, None).unwrap();
     assert_eq!(
         values,
-        vec![
-            Some(b"new".to_vec()),
-            Some(vec![1; 3]),
-            Some(vec![2; 3]),
-            Some(vec![3; 3])
-        ]
+        [&b"new"[..], &[1; 3], &[2; 3], &[3; 3]]
+            .map(|v| Some(Bytes::copy_from_slice(v)))
+            .to_vec()
     );
     let r = store
         .scan(&tl("t"), b"a", Some(b"ab"), None, 100, usize::MAX)
         .unwrap();
-    let got: Vec<&[u8]> = r.entries.iter().map(|(k, _)| k.as_slice()).collect();
+    let got: Vec<&[u8]> = r.entries.iter().map(|(k, _)| &k[..]).collect();
     assert_eq!(got, vec![&b"a"[..], b"a\0", b"a\0\0"]);
     // At seq 1 only "a" existed, with its first value.
     let r = store
         .scan(&tl("t"), b"", None, Some(Seq(1)), 100, usize::MAX)
         .unwrap();
-    assert_eq!(r.entries, vec![(b"a".to_vec(), vec![0; 3])]);
+    assert_eq!(
+        r.entries,
+        vec![(Bytes::from_static(b"a"), Bytes::from_static(&[0; 3]))]
+    );
 }
 
 #[test]
@@ -217,7 +218,7 @@ fn scan_bounds_limits_and_continuation() {
         if !r.more {
             break;
         }
-        start = r.entries.last().unwrap().0.clone();
+        start = r.entries.last().unwrap().0.to_vec();
         start.push(0);
     }
     assert_eq!(pages, 3);

@@ -1,8 +1,8 @@
 //! File contents: read, write and truncate over the three layers.
 //!
 //! A block's content is the first of: the dirty set (written, not yet flushed), the sealed
-//! local cache (clean pages as the page store holds them), a page the caller fetched
-//! ([`Fetched`]), the page store. Nothing here waits for the page store: when a block is
+//! local cache (clean pages as the page store holds them), the pages fetched ahead of their
+//! reader (see the `staged` module), a page the caller fetched ([`Fetched`]), the page store. Nothing here waits for the page store: when a block is
 //! missing locally, an operation returns [`Need`] (the blocks to fetch, and for a read the
 //! readahead window past them; see the `readahead` module) and the caller fetches them (see
 //! the `fetch` module) and calls again, so the state lock is never held
@@ -71,6 +71,8 @@ impl PageFs {
                 Local::Known(d.data.clone().unwrap_or_else(zeros))
             } else if let Some(p) = self.cache.get(ino, b).map_err(|e| local_error(&e))? {
                 Local::Known(self.open_stored(ino, b, &p)?)
+            } else if let Some(p) = st.staged.get(ino, b) {
+                Local::Known(self.open_stored(ino, b, p)?)
             } else if let Some(p) = fetched.page(st, ino, b) {
                 Local::Known(p.clone())
             } else {

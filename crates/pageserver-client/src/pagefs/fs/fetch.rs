@@ -81,9 +81,9 @@ impl Fetched {
     }
 }
 
-/// How a fetch ended, for the readers waiting for it: the pages (opened; zeros for holes),
-/// or the error.
-type Landed = Result<Arc<HashMap<u64, Bytes>>, Errno>;
+/// How a fetch ended, for the readers waiting for it: each block's page as the page store
+/// holds it (`None`: a hole; each reader opens the pages it needs), or the error.
+type Landed = Result<Arc<HashMap<u64, Option<Bytes>>>, Errno>;
 
 /// A fetch in flight, as the readers waiting for it see it.
 #[derive(Debug)]
@@ -107,6 +107,7 @@ impl State {
     /// Records that block `b` of `ino` changed, for fetches in flight.
     pub(super) fn note_change(&mut self, ino: u64, b: u64) {
         self.change_seq += 1;
+        self.staged.remove(ino, b);
         if !self.inflight.is_empty() {
             self.changed.insert((ino, b), self.change_seq);
         }
@@ -147,6 +148,20 @@ impl State {
             {
                 self.fetching.remove(&(ino, b));
             }
+        }
+    }
+}
+
+/// Stages pages fetched ahead from `start` on, as the page store holds them: those of
+/// blocks unchanged since, not dirty, not cached, and still in the file.
+fn stage_fetched(st: &mut State, ino: u64, start: u64, pages: impl Iterator<Item = (u64, Bytes)>) {
+    let Ok(node) = st.node(ino) else {
+        return;
+    };
+    let blocks = blocks_for(node.rec.size);
+    for (b, stored) in pages {
+        if b < blocks && st.unchanged_since(ino, b, start) && !st.pages.contains_key(&(ino, b)) {
+            st.staged.put(ino, b, stored);
         }
     }
 }
@@ -253,9 +268,13 @@ impl PageFs {
             starts: Vec::new(),
         };
         let Plan { own, joins } = self.plan(ino, &need, who, &mut registered);
+        let demanded: &[u64] = match who {
+            For::Demand => &need.blocks,
+            For::Background => &[],
+        };
         let own_pages = async move {
             match own {
-                Some(own) => self.fetch_own(own, who).await.map(Some),
+                Some(own) => self.fetch_own(own, demanded).await.map(Some),
                 None => Ok(None),
             }
         };
@@ -271,9 +290,12 @@ impl PageFs {
                 match landed {
                     Some(Ok(got)) => {
                         for b in blocks {
-                            if let Some(p) = got.get(b) {
-                                pages.insert(*b, (p.clone(), flight.start));
-                            }
+                            let page = match got.get(b) {
+                                Some(Some(stored)) => self.open_stored(ino, *b, stored)?,
+                                Some(None) => zeros(),
+                                None => continue,
+                            };
+                            pages.insert(*b, (page, flight.start));
                         }
                     }
                     Some(Err(e)) => return Err(e),
@@ -287,7 +309,7 @@ impl PageFs {
         let (own_pages, mut pages) = (own_pages?, joined?);
         self.io.record_joined(pages.len() as u64);
         if let Some((start, own_pages)) = own_pages {
-            pages.extend(own_pages.iter().map(|(&b, p)| (b, (p.clone(), start))));
+            pages.extend(own_pages.into_iter().map(|(b, p)| (b, (p, start))));
         }
         Ok(Fetched {
             starts: registered.keep(),
@@ -313,7 +335,11 @@ impl PageFs {
         let demanded = need.blocks.iter().map(|&b| (b, who == For::Demand));
         let ahead = need.ahead.clone().map(|b| (b, false));
         for (b, wait) in demanded.chain(ahead) {
-            if b >= blocks || st.pages.contains_key(&(ino, b)) || self.cache.contains(ino, b) {
+            if b >= blocks
+                || st.pages.contains_key(&(ino, b))
+                || self.cache.contains(ino, b)
+                || st.staged.contains(ino, b)
+            {
                 continue;
             }
             match st.fetching.get(&(ino, b)) {
@@ -356,20 +382,22 @@ impl PageFs {
         }
     }
 
-    /// Fetches `own`'s blocks in one page store call, caches them, and tells the readers
-    /// waiting. Returns the fetch's start and its pages.
+    /// Fetches `own`'s blocks in one page store call and tells the readers waiting. The
+    /// `demanded` blocks (sorted; a reader waits for them) are opened and go to the local
+    /// cache; the others, fetched ahead, are staged (see the `staged` module). Returns the
+    /// fetch's start and the demanded pages, opened (zeros for holes).
     async fn fetch_own(
         &self,
         mut own: Own<'_>,
-        who: For,
-    ) -> Result<(u64, Arc<HashMap<u64, Bytes>>), Errno> {
+        demanded: &[u64],
+    ) -> Result<(u64, HashMap<u64, Bytes>), Errno> {
         let ino = own.ino;
         let started = Instant::now();
         let result = self.call(ino, &own.blocks).await;
         self.io.record_fetch(
             own.blocks.len() as u64,
             started.elapsed(),
-            who == For::Background,
+            demanded.is_empty(),
         );
         let opened = result
             .map_err(|e| {
@@ -377,33 +405,46 @@ impl PageFs {
                 Errno::EIO
             })
             .and_then(|stored| {
-                let mut pages = HashMap::with_capacity(stored.len());
-                let mut sealed = Vec::with_capacity(stored.len());
-                for (b, v) in stored {
+                // Opened and sealed for the cache here, outside the state lock.
+                let mut pages = HashMap::new();
+                let mut sealed = Vec::new();
+                for (b, v) in &stored {
+                    if demanded.binary_search(b).is_err() {
+                        continue;
+                    }
                     let page = match v {
                         Some(v) => {
-                            // Sealed for the cache here, outside the state lock.
-                            sealed.push(self.cache.seal(ino, b, &v));
-                            self.open_stored(ino, b, &v)?
+                            sealed.push(self.cache.seal(ino, *b, v));
+                            self.open_stored(ino, *b, v)?
                         }
                         None => zeros(),
                     };
-                    pages.insert(b, page);
+                    pages.insert(*b, page);
                 }
-                Ok((sealed, pages))
+                let stored: HashMap<u64, Option<Bytes>> = stored.into_iter().collect();
+                Ok((sealed, pages, Arc::new(stored)))
             });
-        let landed: Landed = {
+        let (landed, pages): (Landed, _) = {
             let mut st = lock(&self.state);
             st.unfetch(ino, &own.blocks, &own.flight);
             own.landed = true;
-            opened.map(|(sealed, pages)| {
-                self.cache_fetched(&st, ino, own.flight.start, sealed);
-                Arc::new(pages)
-            })
+            match opened {
+                Ok((sealed, pages, stored)) => {
+                    let start = own.flight.start;
+                    self.cache_fetched(&st, ino, start, sealed);
+                    let ahead = stored.iter().filter_map(|(b, v)| {
+                        let v = v.as_ref()?;
+                        demanded.binary_search(b).is_err().then(|| (*b, v.clone()))
+                    });
+                    stage_fetched(&mut st, ino, start, ahead);
+                    (Ok(stored), Ok(pages))
+                }
+                Err(e) => (Err(e), Err(e)),
+            }
         };
         // Nobody waiting is fine.
-        let _ = own.tx.send(Some(landed.clone()));
-        landed.map(|pages| (own.flight.start, pages))
+        let _ = own.tx.send(Some(landed));
+        pages.map(|pages| (own.flight.start, pages))
     }
 
     /// Caches pages fetched from `start` on, as the page store holds them (sealed under the

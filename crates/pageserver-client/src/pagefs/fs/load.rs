@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::heat::Heat;
 use super::prefetch::Prefetch;
+use super::staged::{self, Staged};
 use super::state::{Node, State};
 use super::stats::IoStats;
 use super::{Options, PageFs};
@@ -86,6 +87,7 @@ impl PageFs {
         let mut state = State {
             next_ino: first_ino,
             heat: Heat::new(cache.capacity()),
+            staged: Staged::new(staged::bound(cache.capacity())),
             ..State::default()
         };
         // An empty timeline: a root directory, to be written at the first flush.

@@ -69,6 +69,7 @@ mod prewarm;
 mod readahead;
 mod reseal;
 mod ride;
+mod staged;
 mod state;
 mod stats;
 mod values;

@@ -150,6 +150,7 @@ impl PageFs {
     /// Drops an unlinked, closed inode and queues its pages' deletion.
     fn free(&self, st: &mut State, ino: u64) {
         st.readahead.forget(ino);
+        st.staged.forget(ino);
         let Some(node) = st.nodes.remove(&ino) else {
             return;
         };

@@ -25,7 +25,7 @@ use super::fetch::{For, Need};
 const QUEUE: usize = 16;
 
 /// Windows fetched at once, at most.
-const PARALLEL: usize = 4;
+pub(super) const PARALLEL: usize = 4;
 
 /// The queue of windows to fetch in the background.
 #[derive(Debug, Default)]

@@ -20,6 +20,7 @@ use fuser::Errno;
 use super::fetch::Flight;
 use super::heat::Heat;
 use super::readahead::Readahead;
+use super::staged::Staged;
 use crate::pagefs::layout::{InodeRecord, Kind, ROOT_INO};
 
 /// One inode in memory.
@@ -100,6 +101,8 @@ pub(super) struct State {
     pub(super) fetching: HashMap<(u64, u64), Arc<Flight>>,
     /// Per file: its read streams, to tell sequential reads and size readahead.
     pub(super) readahead: Readahead,
+    /// Pages fetched ahead of their reader, not yet read; see the `staged` module.
+    pub(super) staged: Staged,
     /// The pages read (or written back) this boot, in order, for the next boot's prewarm.
     pub(super) heat: Heat,
     /// The inode of `pg_wal`, whose files' writes are not listed in `heat`.

@@ -162,7 +162,7 @@ impl InProcess {
     /// The value of `key` at the timeline's newest seq, read from the store directly.
     fn get(&self, tl: &TimelineId, key: &[u8]) -> Option<Vec<u8>> {
         let (_, mut values) = self.0.store.read(tl, &[key], None).unwrap();
-        values.pop().unwrap()
+        values.pop().unwrap().map(|v| v.to_vec())
     }
 
     /// The timeline's newest seq.
@@ -238,10 +238,7 @@ impl PageStore for InProcess {
                 self.0
                     .store
                     .read(timeline, &keys, at)
-                    .map(|(seq, values)| ReadResult {
-                        seq,
-                        values: values.into_iter().map(|v| v.map(Bytes::from)).collect(),
-                    })
+                    .map(|(seq, values)| ReadResult { seq, values })
                     .map_err(rpc_error)
             })
             .await
@@ -284,11 +281,7 @@ impl PageStore for InProcess {
                     .store
                     .scan(timeline, start, end, at, limit as usize, MAX_RESPONSE_BYTES)
                     .map(|r| ScanPage {
-                        entries: r
-                            .entries
-                            .into_iter()
-                            .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
-                            .collect(),
+                        entries: r.entries,
                         more: r.more,
                         seq: r.seq,
                     })
@@ -465,6 +458,24 @@ fn assert_stored_page(
             if want.is_some() { "a page" } else { "nothing" },
         ),
     }
+}
+
+/// Panics unless block `block` of `ino` is staged (fetched ahead, see the `staged` module)
+/// with `want` as its content.
+#[track_caller]
+fn assert_staged(fs: &PageFs, ino: u64, block: u64, want: &[u8]) {
+    let stored = super::state::lock(&fs.state)
+        .staged
+        .get(ino, block)
+        .cloned();
+    let stored = stored.unwrap_or_else(|| panic!("block {block} of inode {ino:#x} is not staged"));
+    let got = fs.open_stored(ino, block, &stored).unwrap();
+    assert_bytes(got, want, "the staged page");
+}
+
+/// Pages staged (fetched ahead of their reader) now.
+fn staged_pages(fs: &PageFs) -> usize {
+    super::state::lock(&fs.state).staged.len()
 }
 
 /// Panics unless the local cache holds `want` for block `block` of `ino`.

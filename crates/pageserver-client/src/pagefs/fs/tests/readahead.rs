@@ -45,9 +45,12 @@ async fn a_sequential_read_of_a_cold_file_fetches_growing_runs() {
     assert_eq!((io.fetches, io.fetched_pages, io.joined_pages), (5, 256, 0));
     // Each run is consecutive: a scan of its key range, no per-key read.
     assert_eq!((store.page_scans() - scans, store.reads() - reads), (5, 0));
-    assert_eq!(m.fs.cache().len(), 256);
+    // The blocks the reads waited for went to the local cache; those fetched ahead of
+    // them were read from memory, never written to the cache.
+    assert_eq!(m.fs.cache().len(), 5);
+    assert_eq!(staged_pages(&m.fs), 251);
 
-    // Read again: all from the cache.
+    // Read again: all held locally.
     for b in (0..256).step_by(37) {
         let got = read(&m.fs, ino, b * BS as u64, BS as u32).await;
         assert_bytes(got, block(&data, b), &format!("block {b} again"));
@@ -146,11 +149,27 @@ async fn a_range_fetch_does_not_undo_writes_inside_its_range() {
     held.release();
     assert_bytes(reader.await.unwrap(), block(&data, 0), "block 0");
 
-    // The fetched pages of untouched blocks are cached; the stale ones are not.
-    assert_cached(&m.fs, ino, 7, block(&data, 7));
+    // The pages fetched ahead of untouched blocks are staged; the stale ones are not, and
+    // the flushed block 5 is cached with its new content.
+    assert_staged(&m.fs, ino, 7, block(&data, 7));
     assert_cached(&m.fs, ino, 5, &new5);
-    assert!(!m.fs.cache().contains(ino, 9), "block 9 is dirty");
-    assert!(!m.fs.cache().contains(ino, 13), "block 13 is past the end");
+    let staged = |b| {
+        super::super::state::lock(&m.fs.state)
+            .staged
+            .contains(ino, b)
+    };
+    assert!(
+        !staged(5),
+        "block 5 was rewritten while its old content was on the way"
+    );
+    assert!(
+        !staged(9) && !m.fs.cache().contains(ino, 9),
+        "block 9 is dirty"
+    );
+    assert!(
+        !staged(13) && !m.fs.cache().contains(ino, 13),
+        "block 13 is past the end"
+    );
     assert_bytes(
         read(&m.fs, ino, 5 * BS as u64, BS as u32).await,
         &new5,
@@ -172,6 +191,42 @@ async fn a_range_fetch_does_not_undo_writes_inside_its_range() {
         "block 9 fetched again",
     );
     assert_stored_page(&store, &tl, ino, 13, None);
+}
+
+#[tokio::test]
+async fn a_write_drops_the_staged_page_it_changes_and_the_read_after_its_flush_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tl) = InProcess::new(dir.path());
+    let (m, ino, data) = cold_file(&store, &tl, 64).await;
+    // Two reads make the stream sequential: the second fetches a window ahead, staged.
+    for b in 0..2 {
+        read(&m.fs, ino, b * BS as u64, BS as u32).await;
+    }
+    assert_staged(&m.fs, ino, 3, block(&data, 3));
+    assert_staged(&m.fs, ino, 4, block(&data, 4));
+
+    let new3 = pattern(9, BS);
+    write(&m.fs, ino, 3 * BS as u64, &new3);
+    m.fs.flush().await.unwrap();
+    m.fs.cache().remove(ino, 3);
+    let fetches = m.fs.io_counters().fetches;
+    assert_bytes(
+        read(&m.fs, ino, 3 * BS as u64, BS as u32).await,
+        &new3,
+        "block 3",
+    );
+    assert_eq!(
+        m.fs.io_counters().fetches,
+        fetches + 1,
+        "block 3 came from the page store"
+    );
+    // Block 4 was not written: still staged, read from memory.
+    assert_bytes(
+        read(&m.fs, ino, 4 * BS as u64, BS as u32).await,
+        block(&data, 4),
+        "block 4",
+    );
+    assert_eq!(m.fs.io_counters().fetches, fetches + 1);
 }
 
 #[tokio::test]
