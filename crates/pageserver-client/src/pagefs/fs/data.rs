@@ -108,7 +108,7 @@ impl PageFs {
         }
         let scratch = node.scratch;
         // The WAL is read at start and in recovery, at a new place each boot: not listed.
-        let listed = !scratch && st.wal_dir != Some(node.parent);
+        let listed = !scratch && !st.is_wal(ino);
         let size_now = node.rec.size;
         let end = (offset + u64::from(size)).min(size_now);
         if offset >= end {
@@ -209,7 +209,7 @@ impl PageFs {
         let scratch = node.scratch;
         // A page Postgres writes back was in its buffers: hot, even if pagefs never saw it
         // read. Not the WAL's (see `read`).
-        let listed = !scratch && st.wal_dir != Some(node.parent);
+        let listed = !scratch && !st.is_wal(ino);
         let base_of = |b: u64| {
             partial
                 .iter()

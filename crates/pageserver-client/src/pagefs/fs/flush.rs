@@ -183,7 +183,11 @@ impl PageFs {
                     {
                         st.pages.remove(&(*ino, *b));
                         st.page_bytes -= d.data.as_ref().map_or(0, Bytes::len);
-                        if let Some(data) = stored
+                        // WAL is written once and read only by a later boot's recovery, which
+                        // fetches it: caching each commit's WAL page cost a seal and a cache
+                        // write per fsync.
+                        if !st.is_wal(*ino)
+                            && let Some(data) = stored
                             && let Err(e) = self.cache.insert(*ino, *b, data)
                         {
                             tracing::warn!(error = %e, "local cache write failed");

@@ -130,6 +130,12 @@ impl State {
         })
     }
 
+    /// Whether `ino` is a file of `pg_wal`.
+    pub(super) fn is_wal(&self, ino: u64) -> bool {
+        self.wal_dir
+            .is_some_and(|wal| self.nodes.get(&ino).is_some_and(|n| n.parent == wal))
+    }
+
     pub(super) fn node(&self, ino: u64) -> Result<&Node, Errno> {
         self.nodes.get(&ino).ok_or(Errno::ENOENT)
     }

@@ -85,3 +85,25 @@ async fn a_flush_too_big_for_one_write_sends_pages_then_the_namespace() {
     assert_eq!(stored_dirent(&store, &tl, ROOT_INO, b"big"), None);
     assert_eq!(stored_inode(&store, &tl, big), None);
 }
+
+#[tokio::test]
+async fn flushed_wal_pages_are_not_cached_and_other_pages_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tl) = InProcess::new(dir.path());
+    let m = mount(&store, &tl).await;
+    let fs = &m.fs;
+    let (wal, _) = fs
+        .create(ROOT_INO, b"pg_wal", Kind::Directory, 0o700)
+        .unwrap();
+    let (seg, _) = fs.create(wal, b"000001", Kind::File, 0o600).unwrap();
+    write(fs, seg, 0, &pattern(1, 2 * BS));
+    let table = create_file(fs, b"16384", &pattern(2, 2 * BS));
+    fs.flush().await.unwrap();
+
+    // Only a later boot's recovery reads the WAL back, and it fetches it.
+    assert!(!fs.cache().contains(seg, 0) && !fs.cache().contains(seg, 1));
+    assert_cached(fs, table, 1, &pattern(2, 2 * BS)[BS..]);
+    // Read again, the WAL comes from the page store as it was written.
+    let got = read(fs, seg, BS as u64, BS as u32).await;
+    assert_bytes(got, &pattern(1, 2 * BS)[BS..], "WAL block 1");
+}
