@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The page store's goals, in one run: Lakebed (Postgres on pagefs, the page store as a process
-# of its own) against a local-disk Postgres with the same settings (shared_buffers 16MB),
-# pgbench connected to each directly (no proxy):
+# of its own) against a local-disk Postgres with the same settings (shared_buffers 16MB, and
+# TLS on the connection, as a compute requires of every client), pgbench connected to each
+# directly (no proxy). The local Postgres over plain TCP is measured too and printed apart:
+# on 2 cores, TLS alone costs the -S run about a fifth of its rate, which is no part of the
+# page store's cost. Prewarm is off, so the cold scan reads only what the scan asks for.
 #   tpcb      default pgbench (TPC-B-like), 4 clients, SECS seconds: TPS and p99 latency
 #   select    pgbench -S, 4 clients, SECS seconds: TPS
 #   seqscan   count(*) of a SCAN_MB table (vacuumed, so the scan only reads) right after a
@@ -64,6 +67,7 @@ trap 'exit 130' INT TERM
 # The stack, with the page store as a process of its own: its disk writes are its own in
 # /proc/PID/io.
 OWN_PAGESERVER=1
+LAKEBED_EXTRA_ENV="${LAKEBED_EXTRA_ENV:-} LAKEBED_COMPUTE__PREWARM=false"
 if [ "$SKIP_GC" != 1 ]; then
   LAKEBED_EXTRA_ENV="${LAKEBED_EXTRA_ENV:-} LAKEBED_PAGESERVER__HISTORY_RETENTION=${RETENTION}s"
 fi
@@ -76,10 +80,18 @@ LB="$LAKEBED_BIN --data-dir $BENCH_DIR/data"
 LOCAL="$BENCH_DIR/local"
 mkdir -p "$LOCAL" && chown postgres "$LOCAL"
 runuser -u postgres -- "$PGBIN/initdb" -D "$LOCAL/pgdata" --auth=trust -U postgres >/dev/null
+# TLS as on a compute: the stack's internal CA signs a server certificate for it.
+openssl req -new -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$LOCAL/pgdata/server.key" \
+  -out "$LOCAL/server.csr" 2>/dev/null
+openssl x509 -req -in "$LOCAL/server.csr" -CA "$TLS/internal-ca.pem" -CAkey "$TLS/internal-ca.key" \
+  -set_serial 1 -days 2 -out "$LOCAL/pgdata/server.crt" 2>/dev/null
+chown postgres "$LOCAL/pgdata/server.key" "$LOCAL/pgdata/server.crt"
+chmod 600 "$LOCAL/pgdata/server.key"
 LOCAL_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$LOCAL/pgdata" -l "$LOCAL/log" -w start \
-  -o "-p $LOCAL_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$LOCAL -c shared_buffers=16MB" >/dev/null
-LOCALC="host=127.0.0.1 port=$LOCAL_PORT user=postgres dbname=postgres"
+  -o "-p $LOCAL_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$LOCAL -c shared_buffers=16MB -c ssl=on" >/dev/null
+LOCALC="host=127.0.0.1 port=$LOCAL_PORT user=postgres dbname=postgres sslmode=verify-ca sslrootcert=$TLS/internal-ca.pem"
+LOCALPLAIN="host=127.0.0.1 port=$LOCAL_PORT user=postgres dbname=postgres sslmode=disable"
 
 # direct_conn: the connection string of main's running compute (a new port at every wake).
 direct_conn() {
@@ -135,11 +147,13 @@ for target in local lakebed; do
   fi
   warm_up "$target" "$conn"
   run_pgbench "select-$target" "$conn" "$CLIENTS" "$SECS" -S >>"$results"
+  [ $target = local ] && run_pgbench "select-plain" "$LOCALPLAIN" "$CLIENTS" "$SECS" -S >>"$results"
   if [ $target = lakebed ]; then
     lsn0=$(wal_lsn)
     w0=$(ps_written)
   fi
   run_pgbench "tpcb-$target" "$conn" "$CLIENTS" "$SECS" >>"$results"
+  [ $target = local ] && run_pgbench "tpcb-plain" "$LOCALPLAIN" "$CLIENTS" "$SECS" >>"$results"
   if [ $target = lakebed ]; then
     sleep 1   # pagefs sends what it holds within 200 ms
     put "writes-tpcb $(( $(ps_written) - w0 )) $(wal_since "$lsn0")"
@@ -275,6 +289,12 @@ for name, q in (("p50", 0.5), ("p99", 0.99)):
         "<= 1.20", h / e <= 1.2)
 
 print()
+print("local over plain TCP (no TLS), for reference:")
+for k, name in (("tpcb-plain", "TPC-B"), ("select-plain", "pgbench -S")):
+    if k in rows:
+        p = one(k)
+        mine = {"tpcb-plain": tb, "select-plain": sb}[k]
+        print(f"  {name}: {p[1]} tps (p99 {p[3]} ms); lakebed / plain = {float(mine[1]) / float(p[1]):.2f}")
 print(f"tpcb: local {tl[1]} tps (avg {tl[2]} ms, p99 {tl[3]} ms); lakebed {tb[1]} tps (avg {tb[2]} ms, p99 {tb[3]} ms)")
 print(f"select: local {sl[1]} tps (p99 {sl[3]} ms); lakebed {sb[1]} tps (p99 {sb[3]} ms)")
 for k in sorted(k for k in rows if k.startswith("scan-")):
