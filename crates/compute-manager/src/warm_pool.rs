@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lakebed_pageserver_client::pagefs::launch::WAITING;
+use lakebed_pageserver_client::pagefs::launch::{ASSIGNED, WAITING};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Notify;
@@ -45,6 +45,11 @@ const POOL_DIR: &str = "pagefs-pool";
 
 /// How long a new member may take to say `waiting` before it is given up.
 const WARM_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a member may take to say it read its assignment (`assigned`) before it counts
+/// as dead: a live one answers in milliseconds, and a stopped or stuck one must not hold a
+/// wake for the mount's whole timeout.
+const ASSIGNED_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long the refill waits after a member failed to start before it tries again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -123,6 +128,7 @@ impl Launcher {
             stdin,
             stdout: BufReader::new(stdout).lines(),
             in_pool_dir: log.starts_with(&self.dir),
+            warmed: false,
             log,
         })
     }
@@ -136,6 +142,9 @@ pub(crate) struct Member {
     log: PathBuf,
     /// Whether the log is the member's own (in the pool's directory), to delete with it.
     in_pool_dir: bool,
+    /// Whether it said `waiting` (a pool member); one started for a wake is handed its
+    /// assignment at once and says `waiting` first.
+    warmed: bool,
 }
 
 /// A pagefs just handed its assignment: the process and its pipes.
@@ -156,10 +165,11 @@ impl Member {
 
     /// Waits (at most [`WARM_LIMIT`]) for its `waiting` line.
     async fn warmed(&mut self) -> bool {
-        matches!(
+        self.warmed = matches!(
             tokio::time::timeout(WARM_LIMIT, self.stdout.next_line()).await,
             Ok(Ok(Some(line))) if line == WAITING
-        )
+        );
+        self.warmed
     }
 
     /// Moves its log to `to` (its compute's `pagefs.log`): the open file follows.
@@ -176,15 +186,43 @@ impl Member {
         }
     }
 
-    /// Writes `message` (the encoded assignment) to its standard input. On failure (the
-    /// process is gone) the member comes back with the error.
+    /// Writes `message` (the encoded assignment) to its standard input and waits for it to
+    /// say it read it: at most [`ASSIGNED_LIMIT`] for a pool member, [`WARM_LIMIT`] more for
+    /// one started for this wake. On failure (the process is gone, stopped or stuck) the
+    /// member comes back with the error.
     pub(crate) async fn hand_off(
         mut self,
         message: &str,
     ) -> Result<HandedOff, (Self, std::io::Error)> {
         let written = async {
             self.stdin.write_all(message.as_bytes()).await?;
-            self.stdin.flush().await
+            self.stdin.flush().await?;
+            // One started for this wake first warms up, then says `waiting`.
+            let limit = if self.warmed {
+                ASSIGNED_LIMIT
+            } else {
+                WARM_LIMIT + ASSIGNED_LIMIT
+            };
+            let said = tokio::time::timeout(limit, async {
+                loop {
+                    match self.stdout.next_line().await? {
+                        Some(line) if line == ASSIGNED => return Ok(()),
+                        Some(line) if line == WAITING && !self.warmed => {}
+                        Some(line) => {
+                            return Err(std::io::Error::other(format!(
+                                "it said {line:?} where {ASSIGNED:?} was expected"
+                            )));
+                        }
+                        None => return Err(std::io::Error::other("it exited")),
+                    }
+                }
+            });
+            said.await.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("it did not take its assignment within {limit:?}"),
+                ))
+            })
         }
         .await;
         match written {

@@ -95,6 +95,19 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `lakebed_warm_pool_handoffs_total` by outcome: (pooled, spawned, dead).
+async fn handoffs(stack: &Stack) -> (f64, f64, f64) {
+    let m = scrape(&metrics_url(stack)).await;
+    let of = |outcome| {
+        get(
+            &m,
+            "lakebed_warm_pool_handoffs_total",
+            &[("outcome", outcome)],
+        )
+    };
+    (of("pooled"), of("spawned"), of("dead"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wake_hands_its_mount_to_a_tenant_free_member_and_the_pool_refills() {
     let stack = Stack::start().await;
@@ -148,18 +161,7 @@ async fn a_wake_hands_its_mount_to_a_tenant_free_member_and_the_pool_refills() {
     pool_members_become(&stack, 1.0).await;
     let next = only_member(&stack);
     assert_ne!(next, member);
-    let m = scrape(&metrics_url(&stack)).await;
-    let handoffs = |outcome| {
-        get(
-            &m,
-            "lakebed_warm_pool_handoffs_total",
-            &[("outcome", outcome)],
-        )
-    };
-    assert_eq!(
-        (handoffs("pooled"), handoffs("spawned"), handoffs("dead")),
-        (1.0, 0.0, 0.0)
-    );
+    assert_eq!(handoffs(&stack).await, (1.0, 0.0, 0.0));
 
     // At suspend the used member exits with its mount; the next wake takes the next one.
     stack.suspend("main").await;
@@ -169,6 +171,24 @@ async fn a_wake_hands_its_mount_to_a_tenant_free_member_and_the_pool_refills() {
     assert_eq!(last_steps(&stack).await["pooled"], true);
     assert_eq!(pagefs_serving(&pgdata), Some(next));
     select_one(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_member_is_given_up_at_hand_off_and_the_wake_goes_on() {
+    let stack = Stack::start().await;
+    pool_members_become(&stack, 1.0).await;
+    let member = only_member(&stack);
+    // Alive to `try_wait`, but it never reads its assignment.
+    kill(Pid::from_raw(member as i32), Signal::SIGSTOP).unwrap();
+
+    stack.wake("main").await;
+    let steps = last_steps(&stack).await;
+    assert_eq!(steps["pooled"], false, "{steps:#}");
+    assert_eq!(steps["dead_pool_members"], 1, "{steps:#}");
+    assert_ne!(pagefs_serving(&stack.dir.pgdata("main")), Some(member));
+    assert!(!process_alive(member), "the stopped member was not killed");
+    select_one(&stack).await;
+    assert_eq!(handoffs(&stack).await, (0.0, 1.0, 1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,18 +211,7 @@ async fn a_member_killed_before_the_wake_is_replaced_never_handed_out() {
     assert!(shown.contains("(spawned;"), "{shown}");
     assert!(shown.contains("1 dead pool member(s) replaced"), "{shown}");
 
-    let m = scrape(&metrics_url(&stack)).await;
-    let handoffs = |outcome| {
-        get(
-            &m,
-            "lakebed_warm_pool_handoffs_total",
-            &[("outcome", outcome)],
-        )
-    };
-    assert_eq!(
-        (handoffs("pooled"), handoffs("spawned"), handoffs("dead")),
-        (0.0, 1.0, 1.0)
-    );
+    assert_eq!(handoffs(&stack).await, (0.0, 1.0, 1.0));
     // A live member again, a new process.
     pool_members_become(&stack, 1.0).await;
     let again = only_member(&stack);

@@ -68,6 +68,7 @@ async fn serve(args: PagefsArgs) -> Result<()> {
             tracing::info!("no assignment came; exiting");
             return Ok(());
         };
+        say(launch::ASSIGNED);
         // The channel was made for the io timeout given at start; another needs its own.
         let client = if assignment.io_timeout == options.total_timeout {
             client

@@ -48,6 +48,12 @@ pub const HEADER: &str = "pagefs-assignment 1";
 /// and it waits for its assignment.
 pub const WAITING: &str = "waiting";
 
+/// What a pool member prints on standard output as soon as it has read its assignment,
+/// before it mounts: the manager hands the mount to another member, or starts a pagefs,
+/// if this does not come quickly (a member that hangs, stopped or stuck, never takes a
+/// wake down with it).
+pub const ASSIGNED: &str = "assigned";
+
 /// The most an assignment may take, in bytes (a few DEK versions fit many times over).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 

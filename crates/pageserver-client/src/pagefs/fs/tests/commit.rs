@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// `pg_wal` and a segment file in it, new: their inode numbers.
+fn wal_segment(fs: &PageFs) -> (u64, u64) {
+    let (wal, _) = fs
+        .create(ROOT_INO, b"pg_wal", Kind::Directory, 0o700)
+        .unwrap();
+    let (seg, _) = fs.create(wal, b"000001", Kind::File, 0o600).unwrap();
+    (wal, seg)
+}
+
 #[tokio::test]
 async fn a_flush_of_pages_and_namespace_changes_is_one_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -11,10 +20,7 @@ async fn a_flush_of_pages_and_namespace_changes_is_one_write() {
 
     // As Postgres does before an fsync of WAL: a new directory and a new file in it, its
     // pages written.
-    let (wal, _) = fs
-        .create(ROOT_INO, b"pg_wal", Kind::Directory, 0o700)
-        .unwrap();
-    let (seg, _) = fs.create(wal, b"000001", Kind::File, 0o600).unwrap();
+    let (wal, seg) = wal_segment(fs);
     let data = pattern(1, 3 * BS);
     write(fs, seg, 0, &data);
     let writes = store.writes();
@@ -92,10 +98,7 @@ async fn flushed_wal_pages_are_not_cached_and_other_pages_are() {
     let (store, tl) = InProcess::new(dir.path());
     let m = mount(&store, &tl).await;
     let fs = &m.fs;
-    let (wal, _) = fs
-        .create(ROOT_INO, b"pg_wal", Kind::Directory, 0o700)
-        .unwrap();
-    let (seg, _) = fs.create(wal, b"000001", Kind::File, 0o600).unwrap();
+    let (_, seg) = wal_segment(fs);
     write(fs, seg, 0, &pattern(1, 2 * BS));
     let table = create_file(fs, b"16384", &pattern(2, 2 * BS));
     fs.flush().await.unwrap();
