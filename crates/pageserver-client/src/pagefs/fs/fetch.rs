@@ -268,10 +268,12 @@ impl PageFs {
             starts: Vec::new(),
         };
         let Plan { own, joins } = self.plan(ino, &need, who, &mut registered);
-        let demanded: &[u64] = match who {
-            For::Demand => &need.blocks,
-            For::Background => &[],
+        let mut demanded = match who {
+            For::Demand => need.blocks.clone(),
+            For::Background => Vec::new(),
         };
+        demanded.sort_unstable();
+        let demanded = &demanded[..];
         let own_pages = async move {
             match own {
                 Some(own) => self.fetch_own(own, demanded).await.map(Some),
