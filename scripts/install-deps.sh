@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Lakebed needs on Debian when it is missing: PostgreSQL server (computes),
-# fuse3 (pagefs), PgBouncer (benchmarks), Python moto[server] (KMS API in tests), and a C
-# compiler and make for the C parts of the build (aws-lc, jemalloc).
+# fuse3 (pagefs), PgBouncer (benchmarks), Python moto[server] (KMS API in tests), fincore
+# (tests), and a C compiler and make for the C parts of the build (aws-lc, jemalloc).
 # Safe to run again: it installs only what is absent. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -15,6 +15,8 @@ command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v pgbouncer >/dev/null 2>&1 && [ -x "$(command -v pgbouncer)" ] || missing+=(pgbouncer)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# fincore (tests: what the kernel's page cache holds of a file after a prewarm).
+command -v fincore >/dev/null 2>&1 || missing+=(util-linux-extra)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || missing+=(make)
 

@@ -448,6 +448,7 @@ impl Manager {
                             ("listed", p.listed),
                             ("fetched", p.fetched),
                             ("skipped", p.skipped),
+                            ("in_page_cache", p.in_page_cache),
                         ] {
                             metrics::gauge!("lakebed_pagefs_prewarm_pages", "endpoint" => ep.clone(), "state" => state)
                                 .set(n as f64);

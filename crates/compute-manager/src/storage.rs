@@ -123,6 +123,10 @@ pub struct PrewarmStatus {
     pub fetched: u64,
     /// Pages left out: gone (a dropped table), past the end of their file, or already local.
     pub skipped: u64,
+    /// Of `fetched`, those also read into the kernel's page cache, where Postgres's reads
+    /// find them without reaching pagefs.
+    #[serde(default)]
+    pub in_page_cache: u64,
     /// Whether the prewarm ended.
     pub done: bool,
     /// Why it ended before the end of the list (`"cache full"`, `"page store error"`).

@@ -28,6 +28,26 @@ async fn prewarm_done(stack: &Stack) -> Value {
     }
 }
 
+/// `(bytes of the file in the kernel's page cache, its size)`, from `fincore`.
+async fn page_cache(path: &std::path::Path) -> (u64, u64) {
+    let out = tokio::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES,SIZE"])
+        .arg(path)
+        .output()
+        .await
+        .expect("fincore runs (scripts/install-deps.sh installs util-linux-extra)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<u64> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        out.status.success() && nums.len() == 2,
+        "fincore: {text} {out:?}"
+    );
+    (nums[0], nums[1])
+}
+
 const CHECK: &str = "SELECT count(*), sum(length(note)) FROM hot";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +76,22 @@ async fn a_wake_prewarms_what_was_read_and_a_kill_9_during_it_loses_nothing() {
     assert!(first["listed"].as_u64().unwrap() > 5000, "{first}");
     assert!(first["fetched"].as_u64().unwrap() > 5000, "{first}");
     let listed = first["listed"].as_u64().unwrap();
-    let row = stack.client().await.query_one(CHECK, &[]).await.unwrap();
+    // The prewarm read the table through the mount too: before any query reads it, the
+    // kernel's page cache holds nearly all of its file, so Postgres's reads of it will not
+    // reach pagefs (the startup part, fetched before the mount is live, is not counted).
+    assert!(first["in_page_cache"].as_u64().unwrap() > 5000, "{first}");
+    let client = stack.client().await;
+    let file: String = client
+        .query_one("SELECT pg_relation_filepath('hot')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (resident, size) = page_cache(&stack.dir.pgdata("main").join(file)).await;
+    assert!(
+        size > 40 << 20 && resident * 10 >= size * 9,
+        "{resident} of {size} bytes cached"
+    );
+    let row = client.query_one(CHECK, &[]).await.unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), want);
     let shown = stack.cli(&["endpoint", "show", "main"]).await;
     assert!(shown.contains("pages fetched"), "{shown}");

@@ -139,6 +139,18 @@ fn ms(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// The steps of the newest boot that recorded them, marked when that boot failed: a step
+/// it never reached shows 0 ms, which must not read as a fast one.
+fn last_boot_steps(boot: &Value) -> Option<String> {
+    let steps = serde_json::from_value::<WakeSteps>(boot["steps"].clone()).ok()?;
+    let mut line = steps.summary();
+    if boot["outcome"].as_str() != Some("active") {
+        let why = boot["error"].as_str().unwrap_or("no reason recorded");
+        line = format!("boot {} FAILED: {why}; steps so far: {line}", boot["boot"]);
+    }
+    Some(line)
+}
+
 fn show(ep: &Value) {
     let c = &ep["compute"];
     let row = |k: &str, v: String| println!("{k:<16} {v}");
@@ -161,20 +173,21 @@ fn show(ep: &Value) {
     row("policy", describe_policy(&ep["policy"]));
     row("pool mode", ep["pool_mode"].as_str().unwrap_or("?").into());
     row("last cold start", ms(&ep["last_cold_start_ms"]));
-    if let Some(steps) = ep["recent_boots"]
+    if let Some(line) = ep["recent_boots"]
         .as_array()
-        .and_then(|boots| boots.iter().find_map(|b| b.get("steps")))
-        .and_then(|s| serde_json::from_value::<WakeSteps>(s.clone()).ok())
+        .and_then(|boots| boots.iter().find(|b| b.get("steps").is_some()))
+        .and_then(last_boot_steps)
     {
-        row("  steps", steps.summary());
+        row("  steps", line);
     }
     if let Some(p) = ep["pagefs"]["prewarm"].as_object() {
         row(
             "prewarm",
             format!(
-                "{} of {} pages fetched, {} skipped ({})",
+                "{} of {} pages fetched ({} into the page cache), {} skipped ({})",
                 p["fetched"],
                 p["listed"],
+                p["in_page_cache"].as_u64().unwrap_or(0),
                 p["skipped"],
                 match (p["done"] == true, p["stopped"].as_str()) {
                     (true, Some(why)) => format!("stopped: {why}"),

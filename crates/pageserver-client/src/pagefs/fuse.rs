@@ -234,7 +234,7 @@ impl Filesystem for Fuse {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -244,13 +244,18 @@ impl Filesystem for Fuse {
         reply: ReplyData,
     ) {
         let ino = ino.0;
-        match self.fs.read(ino, offset, size, &Fetched::default()) {
+        let reader = self.fs.reader_of(req.pid());
+        match self
+            .fs
+            .read_for(reader, ino, offset, size, &Fetched::default())
+        {
             Ok(Ok(data)) => reply.data(&data),
             Err(e) => reply.error(e),
             Ok(Err(need)) => {
                 let fs = self.fs.clone();
                 self.rt.spawn(async move {
-                    match with_fetched(&fs, ino, need, |f| fs.read(ino, offset, size, f)).await {
+                    let read = |f: &Fetched| fs.read_for(reader, ino, offset, size, f);
+                    match with_fetched(&fs, ino, need, read).await {
                         Ok(data) => reply.data(&data),
                         Err(e) => reply.error(e),
                     }

@@ -308,6 +308,7 @@ async fn serve_in(
             let _ = done_tx.send(session.run());
         })
         .map_err(local("start the FUSE threads"))?;
+    fs.set_mountpoint(spec.mountpoint.clone());
     tracing::info!(parent: &mount_span, mountpoint = %spec.mountpoint.display(), %generation, "mounted");
     drop(mount_span);
     steps.fuse_ms = millis(mounting);
@@ -354,6 +355,10 @@ async fn serve_in(
     let ended = match ended {
         Some(r) => r,
         None => {
+            // Prewarm reads through the mount: its files must be closed for the unmount.
+            if let Some(p) = &prewarmer {
+                p.abort();
+            }
             tracing::info!("unmounting");
             if let Err(e) = unmounter.unmount() {
                 tracing::warn!(error = %e, "unmount failed; detaching");

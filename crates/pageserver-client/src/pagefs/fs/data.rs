@@ -21,6 +21,7 @@ use fuser::Errno;
 
 use super::PageFs;
 use super::fetch::{Fetched, Need};
+use super::kernel_warm::Reader;
 use super::readahead::{self, Advice};
 use super::state::{Node, State, lock};
 use crate::pagefs::cache::LocalError;
@@ -89,7 +90,8 @@ impl PageFs {
         Ok((found, missing))
     }
 
-    /// Reads up to `size` bytes at `offset`, or says which blocks must be fetched first.
+    /// Reads up to `size` bytes at `offset` for a client, or says which blocks must be
+    /// fetched first. See [`PageFs::read_for`].
     ///
     /// # Errors
     ///
@@ -101,6 +103,25 @@ impl PageFs {
         size: u32,
         fetched: &Fetched,
     ) -> Result<Result<Vec<u8>, Need>, Errno> {
+        self.read_for(Reader::Client, ino, offset, size, fetched)
+    }
+
+    /// Reads up to `size` bytes at `offset`, or says which blocks must be fetched first.
+    /// A client's read is listed in the heat list and may start readahead; prewarm's
+    /// (filling the kernel's page cache) does neither.
+    ///
+    /// # Errors
+    ///
+    /// `ENOENT`, `EISDIR`, `EIO` (a local block does not verify).
+    pub fn read_for(
+        &self,
+        reader: Reader,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        fetched: &Fetched,
+    ) -> Result<Result<Vec<u8>, Need>, Errno> {
+        let client = reader == Reader::Client;
         let mut st = lock(&self.state);
         let node = st.node(ino)?;
         if node.is_dir() {
@@ -108,7 +129,7 @@ impl PageFs {
         }
         let scratch = node.scratch;
         // The WAL is read at start and in recovery, at a new place each boot: not listed.
-        let listed = !scratch && !st.is_wal(ino);
+        let listed = client && !scratch && !st.is_wal(ino);
         let size_now = node.rec.size;
         let end = (offset + u64::from(size)).min(size_now);
         if offset >= end {
@@ -118,7 +139,7 @@ impl PageFs {
         let last = end.div_ceil(BS);
         let (pages, missing) = self.gather(&st, ino, first..last, fetched)?;
         // Readahead is decided at a read's first try (the retry after a fetch has pages).
-        let advice = if fetched.starts.is_empty() && !scratch {
+        let advice = if client && fetched.starts.is_empty() && !scratch {
             let read = readahead::Read {
                 ino,
                 first,

@@ -161,6 +161,8 @@ impl PageFs {
             prefetch: Prefetch::default(),
             keys: keys.map(Arc::new),
             prewarming: Default::default(),
+            mountpoint: std::sync::OnceLock::new(),
+            kernel_warmer: Arc::default(),
         })
     }
 }

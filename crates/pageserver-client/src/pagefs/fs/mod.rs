@@ -62,6 +62,7 @@ mod data;
 mod fetch;
 mod flush;
 mod heat;
+mod kernel_warm;
 mod load;
 mod namespace;
 mod prefetch;
@@ -94,6 +95,7 @@ use stats::IoStats;
 
 pub use fetch::{Fetched, Need};
 pub use flush::flusher;
+pub use kernel_warm::Reader;
 pub use prefetch::prefetcher;
 pub use prewarm::{HeatList, PrewarmProgress};
 pub use reseal::ResealProgress;
@@ -155,6 +157,11 @@ pub struct PageFs {
     keys: Option<Arc<DataKeys>>,
     /// This mount's prewarm progress, once one started.
     prewarming: prewarm::Prewarming,
+    /// Where the filesystem is mounted, once it is: prewarm reads through it.
+    mountpoint: std::sync::OnceLock<std::path::PathBuf>,
+    /// The thread id of the thread reading prewarmed pages into the kernel's page cache,
+    /// 0 when none (see the `kernel_warm` module).
+    kernel_warmer: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for PageFs {

@@ -14,6 +14,10 @@
 //!   by a pause as long as the batch took: at most half of the page store's and pagefs's
 //!   time, so the first queries are not starved by it.
 //!
+//! Once the mount is live, each paced batch is also read through the mount, so the kernel's
+//! page cache holds it and Postgres's reads of it never reach pagefs (see the `kernel_warm`
+//! module).
+//!
 //! A read that gets ahead of the prewarm fetches its page itself, as without one.
 //!
 //! **One call per batch**, across files: a `Read` of the batch's page keys. A page is
@@ -70,6 +74,9 @@ pub struct PrewarmProgress {
     pub fetched: u64,
     /// Pages left out: gone, past the end of their file, or already local.
     pub skipped: u64,
+    /// Of `fetched`, those then read into the kernel's page cache (the part fetched once
+    /// the compute accepts clients; see the `kernel_warm` module).
+    pub in_page_cache: u64,
     /// Whether the prewarm ended: the list gone through, or stopped short (`stopped`).
     pub done: bool,
     /// Why it ended before the end of the list: `"cache full"` (the cache holds no more),
@@ -78,14 +85,15 @@ pub struct PrewarmProgress {
 }
 
 impl PrewarmProgress {
-    /// As JSON: `{"listed":N,"fetched":N,"skipped":N,"done":BOOL,"stopped":null|"..."}`.
+    /// As JSON: `{"listed":N,"fetched":N,"skipped":N,"in_page_cache":N,"done":BOOL,
+    /// "stopped":null|"..."}`.
     pub fn to_json(&self) -> String {
         let stopped = self
             .stopped
             .map_or_else(|| "null".to_owned(), |s| format!("\"{s}\""));
         format!(
-            "{{\"listed\":{},\"fetched\":{},\"skipped\":{},\"done\":{},\"stopped\":{stopped}}}",
-            self.listed, self.fetched, self.skipped, self.done
+            "{{\"listed\":{},\"fetched\":{},\"skipped\":{},\"in_page_cache\":{},\"done\":{},\"stopped\":{stopped}}}",
+            self.listed, self.fetched, self.skipped, self.in_page_cache, self.done
         )
     }
 }
@@ -191,8 +199,11 @@ impl PageFs {
             let started = Instant::now();
             match self.prewarm_batch(batch, paced).await {
                 Ok(fetched) => {
-                    progress.fetched += fetched;
-                    progress.skipped += batch.len() as u64 - fetched;
+                    progress.fetched += fetched.len() as u64;
+                    progress.skipped += (batch.len() - fetched.len()) as u64;
+                    if paced {
+                        progress.in_page_cache += self.warm_kernel(&fetched).await;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "prewarm stopped; reads fetch their own pages");
@@ -219,9 +230,13 @@ impl PageFs {
     }
 
     /// Fetches the pages of `batch` that are still wanted in one page store call, and caches
-    /// those not written meanwhile. Returns how many it fetched.
+    /// those not written meanwhile. Returns the pages it fetched (holes left out).
     /// `sorted`: ask for the keys in key order, which the page store reads fastest.
-    async fn prewarm_batch(&self, batch: &[(u64, u64)], sorted: bool) -> Result<u64, RpcError> {
+    async fn prewarm_batch(
+        &self,
+        batch: &[(u64, u64)],
+        sorted: bool,
+    ) -> Result<Vec<(u64, u64)>, RpcError> {
         let (own, registered) = {
             let mut st = lock(&self.state);
             let mut own: Vec<(u64, u64)> = batch
@@ -235,7 +250,7 @@ impl PageFs {
                 })
                 .collect();
             if own.is_empty() {
-                return Ok(0);
+                return Ok(Vec::new());
             }
             if sorted {
                 own.sort_unstable();
@@ -252,11 +267,11 @@ impl PageFs {
         let sealed: Vec<_> = own
             .iter()
             .zip(read.values)
-            .filter_map(|(&(ino, b), v)| Some((ino, self.cache.seal(ino, b, &v?))))
+            .filter_map(|(&(ino, b), v)| Some(((ino, b), self.cache.seal(ino, b, &v?))))
             .collect();
-        let fetched = sealed.len() as u64;
+        let fetched = sealed.iter().map(|&(page, _)| page).collect();
         let st = lock(&self.state);
-        for (ino, page) in sealed {
+        for ((ino, _), page) in sealed {
             self.cache_fetched(&st, ino, registered.start(), vec![page]);
         }
         drop(st);

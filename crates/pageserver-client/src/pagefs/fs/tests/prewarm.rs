@@ -43,6 +43,8 @@ async fn a_mount_prewarms_what_the_last_one_read_in_order_skipping_dropped_files
             listed: 4,
             fetched: 3,
             skipped: 1,
+            // Not mounted: nothing to read through.
+            in_page_cache: 0,
             done: true,
             stopped: None,
         }
