@@ -10,9 +10,9 @@
 //!   clients: Postgres's start, the manager's checks) at once, before the mount is live,
 //!   in small batches that grow, so those pages are cached by the time Postgres reads them.
 //! - **The rest**, what was hot after that, only once this compute accepts clients (so it
-//!   never competes with the start), in list order, in batches sorted by key, each followed
-//!   by a pause as long as the batch took: at most half of the page store's and pagefs's
-//!   time, so the first queries are not starved by it.
+//!   never competes with the start), the part the cache has room for sorted by key, in
+//!   batches each followed by a pause as long as the batch took: at most half of the page
+//!   store's and pagefs's time, so the first queries are not starved by it.
 //!
 //! Once the mount is live, each paced batch is also read through the mount, so the kernel's
 //! page cache holds it and Postgres's reads of it never reach pagefs (see the `kernel_warm`
@@ -174,6 +174,17 @@ impl PageFs {
             ..PrewarmProgress::default()
         };
         let (first, rest) = pages.split_at(startup.min(pages.len()));
+        // The prewarm stops when the cache is full, so the hottest pages that fit are what
+        // comes in, whatever their order; neighbouring blocks in one batch make it cheaper
+        // (the page store reads them together, the kernel pass in 1 MiB runs, not a FUSE
+        // read per block). So those are sorted.
+        let rest = {
+            let mut rest = rest.to_vec();
+            let fits = self.cache.capacity().saturating_sub(self.cache.len());
+            let n = fits.min(rest.len());
+            rest[..n].sort_unstable();
+            rest
+        };
         let mut size = FIRST_BATCH;
         let mut todo = first;
         let mut active = Some(active);
@@ -184,7 +195,7 @@ impl PageFs {
                     break;
                 };
                 active.await;
-                (todo, paced, size) = (rest, true, MAX_FETCH_BLOCKS);
+                (todo, paced, size) = (&rest, true, MAX_FETCH_BLOCKS);
                 continue;
             }
             // Never more than the cache has room for: it would evict what the batch brought.
